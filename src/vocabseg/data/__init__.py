@@ -1,0 +1,1 @@
+"""Datasets: Cityscapes labels and layout, the synthetic city, vocabulary splits."""

@@ -1,0 +1,78 @@
+"""The Cityscapes label table, as the evaluation sees it.
+
+The single source of truth is ``cityscapesscripts.helpers.labels`` (the official
+table); this module only derives the views the pipeline needs from it:
+
+* ``EVAL_LABELS``: the 19 evaluated classes (``ignoreInEval`` is False), in label-id
+  order. 11 stuff classes (ids 7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23) and 8 thing
+  classes (ids 24-28, 31-33).
+* ``ID_TO_TRAIN_ID``: a 256-entry lookup table from label id to train id (255 = ignore).
+
+Everything the pipeline writes to disk (panoptic JSON ``category_id``, ``split.json``)
+uses label **ids**, never train ids, as ``csEvalPanopticSemanticLabeling`` expects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from cityscapesscripts.helpers import labels as _cs
+
+__all__ = [
+    "Label",
+    "ALL_LABELS",
+    "EVAL_LABELS",
+    "EVAL_IDS",
+    "THING_IDS",
+    "STUFF_IDS",
+    "ID_TO_LABEL",
+    "ID_TO_TRAIN_ID",
+    "label_by_name",
+]
+
+
+@dataclass(frozen=True)
+class Label:
+    """One row of the Cityscapes label table."""
+
+    name: str
+    id: int
+    train_id: int
+    category: str
+    has_instances: bool
+    ignore_in_eval: bool
+    color: tuple[int, int, int]
+
+
+ALL_LABELS: tuple[Label, ...] = tuple(
+    Label(
+        name=lb.name,
+        id=int(lb.id),
+        train_id=int(lb.trainId),
+        category=lb.category,
+        has_instances=bool(lb.hasInstances),
+        ignore_in_eval=bool(lb.ignoreInEval),
+        color=tuple(int(c) for c in lb.color),
+    )
+    for lb in _cs.labels
+    if lb.id >= 0  # license plate (id -1) never appears in label images
+)
+
+ID_TO_LABEL: dict[int, Label] = {lb.id: lb for lb in ALL_LABELS}
+EVAL_LABELS: tuple[Label, ...] = tuple(lb for lb in ALL_LABELS if not lb.ignore_in_eval)
+EVAL_IDS: tuple[int, ...] = tuple(lb.id for lb in EVAL_LABELS)
+THING_IDS: tuple[int, ...] = tuple(lb.id for lb in EVAL_LABELS if lb.has_instances)
+STUFF_IDS: tuple[int, ...] = tuple(lb.id for lb in EVAL_LABELS if not lb.has_instances)
+
+ID_TO_TRAIN_ID = np.full(256, 255, dtype=np.uint8)
+for _lb in EVAL_LABELS:
+    ID_TO_TRAIN_ID[_lb.id] = _lb.train_id
+
+
+def label_by_name(name: str) -> Label:
+    """Return the label called ``name`` (e.g. ``"traffic light"``)."""
+    for lb in ALL_LABELS:
+        if lb.name == name:
+            return lb
+    raise KeyError(f"no Cityscapes label named {name!r}")
