@@ -1,0 +1,40 @@
+"""The oracle: ground truth submitted as the prediction.
+
+It checks the whole chain (preparation, prediction format, evaluation, report)
+without any model: every class with ground truth must score PQ = 100. Crowd
+segments are submitted too; unmatched, they lie entirely on their own crowd region
+and are therefore ignored by the evaluator, as any prediction there would be.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from vocabseg.errors import InputError
+
+__all__ = ["write_oracle_predictions"]
+
+
+def write_oracle_predictions(gt_json: Path, gt_folder: Path, out_json: Path, out_folder: Path) -> int:
+    """Copy the ground truth into the prediction format; return the image count."""
+    try:
+        gt = json.loads(Path(gt_json).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"{gt_json}: unreadable panoptic JSON ({err})") from None
+    out_folder = Path(out_folder)
+    out_folder.mkdir(parents=True, exist_ok=True)
+    annotations = []
+    for ann in gt["annotations"]:
+        src = Path(gt_folder) / ann["file_name"]
+        if not src.is_file():
+            raise InputError(f"{src}: missing (listed in {gt_json})")
+        shutil.copyfile(src, out_folder / ann["file_name"])
+        segments = [{"id": s["id"], "category_id": s["category_id"]} for s in ann["segments_info"]]
+        annotations.append({"image_id": ann["image_id"], "file_name": ann["file_name"], "segments_info": segments})
+    tmp = Path(str(out_json) + ".tmp")
+    tmp.write_text(json.dumps({"annotations": annotations}, indent=1))
+    os.replace(tmp, out_json)
+    return len(annotations)

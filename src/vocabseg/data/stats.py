@@ -1,0 +1,42 @@
+"""Per-class pixel share and instance count of a COCO-panoptic ground truth.
+
+Read from the JSON alone (segment ``area`` as written by ``createPanopticImgs``), so
+it costs nothing even on the full Cityscapes training set.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vocabseg.data.labels import EVAL_LABELS
+from vocabseg.errors import InputError
+
+__all__ = ["class_frequencies"]
+
+
+def class_frequencies(panoptic_json: Path) -> dict[int, dict[str, float]]:
+    """Return ``{label id: {"pixels", "pixel_share", "instances"}}`` for the 19 classes.
+
+    ``pixels`` counts every labelled pixel of the class (crowd regions included);
+    ``pixel_share`` divides it by all labelled (non-void) pixels; ``instances``
+    counts non-crowd segments of thing classes (0 for stuff classes).
+    """
+    try:
+        gt = json.loads(Path(panoptic_json).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"{panoptic_json}: unreadable panoptic JSON ({err})") from None
+    stats = {lb.id: {"pixels": 0, "pixel_share": 0.0, "instances": 0} for lb in EVAL_LABELS}
+    things = {lb.id for lb in EVAL_LABELS if lb.has_instances}
+    for ann in gt["annotations"]:
+        for seg in ann["segments_info"]:
+            cat = seg["category_id"]
+            if cat not in stats:
+                continue
+            stats[cat]["pixels"] += int(seg["area"])
+            if cat in things and not seg.get("iscrowd", 0):
+                stats[cat]["instances"] += 1
+    total = sum(s["pixels"] for s in stats.values())
+    for s in stats.values():
+        s["pixel_share"] = s["pixels"] / total if total else 0.0
+    return stats

@@ -1,0 +1,128 @@
+"""Vocabulary configurations 000-008 and the training ground truth they induce.
+
+Configuration ``k`` deletes a set of Cityscapes label ids from the *training*
+annotations (the "out-of-vocabulary" classes); the remaining evaluated classes are
+"in-vocabulary". Validation ground truth is never changed: every model is always
+evaluated on all 19 classes, and the In / Out groups of the metrics come from the
+configuration's ``split.json``.
+
+======  ==========================================
+conf    deleted label ids
+======  ==========================================
+000     {}
+001     {24}                      person
+002     {24, 25}                  + rider
+003     {24, 25, 26}              + car
+004     {24, 25, 26, 27}          + truck
+005     {24, ..., 28}             + bus
+006     {24, ..., 28, 31}         + train
+007     {24, ..., 28, 31, 32}     + motorcycle
+008     {24, ..., 28, 31, 32, 33} + bicycle (all 8 thing classes)
+======  ==========================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vocabseg.data.labels import EVAL_LABELS, ID_TO_LABEL
+from vocabseg.errors import InputError
+
+__all__ = ["VOCAB_CONFIGS", "make_split", "write_vocab_split", "rgb_to_id", "id_to_rgb"]
+
+_ORDER = (24, 25, 26, 27, 28, 31, 32, 33)
+VOCAB_CONFIGS: dict[str, tuple[int, ...]] = {f"{k:03d}": _ORDER[:k] for k in range(9)}
+
+
+def make_split(conf: str) -> dict:
+    """Return the ``split.json`` content of configuration ``conf`` (e.g. ``"008"``)."""
+    if conf not in VOCAB_CONFIGS:
+        raise InputError(f"vocabulary configuration {conf!r}: expected one of {sorted(VOCAB_CONFIGS)}")
+    deleted = VOCAB_CONFIGS[conf]
+    in_ids = [lb.id for lb in EVAL_LABELS if lb.id not in deleted]
+    out_ids = [lb.id for lb in EVAL_LABELS if lb.id in deleted]
+    return {
+        "vocab": conf,
+        "deleted_ids": list(deleted),
+        "in_ids": in_ids,
+        "out_ids": out_ids,
+        "in_names": [ID_TO_LABEL[i].name for i in in_ids],
+        "out_names": [ID_TO_LABEL[i].name for i in out_ids],
+    }
+
+
+def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
+    """COCO-panoptic colour to segment id: ``(H, W, 3) uint8 -> (H, W) uint32``."""
+    rgb = rgb.astype(np.uint32)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
+def id_to_rgb(ids: np.ndarray) -> np.ndarray:
+    """Segment id to COCO-panoptic colour: ``(H, W) int -> (H, W, 3) uint8``."""
+    ids = ids.astype(np.uint32)
+    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
+
+
+def _write_json(data: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def write_vocab_split(
+    train_json: Path, train_folder: Path, conf: str, split_out: Path, gt_json_out: Path, gt_folder_out: Path
+) -> dict:
+    """Write ``split.json`` and the training panoptic ground truth of ``conf``.
+
+    Segments whose category is deleted by ``conf`` are removed from ``segments_info``
+    and their pixels set to VOID (id 0) in the PNG, so the filtered ground truth is a
+    valid COCO-panoptic pair on its own. Images that lose nothing are hard-linked
+    (copied where links are impossible).
+
+    Returns the split dictionary.
+    """
+    split = make_split(conf)
+    deleted = set(split["deleted_ids"])
+    try:
+        gt = json.loads(Path(train_json).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"{train_json}: unreadable panoptic JSON ({err})") from None
+
+    tmp_folder = gt_folder_out.with_name(gt_folder_out.name + ".tmp")
+    shutil.rmtree(tmp_folder, ignore_errors=True)
+    tmp_folder.mkdir(parents=True)
+    annotations = []
+    for ann in gt["annotations"]:
+        src = Path(train_folder) / ann["file_name"]
+        dst = tmp_folder / ann["file_name"]
+        drop = [s for s in ann["segments_info"] if s["category_id"] in deleted]
+        if not drop:
+            _link_or_copy(src, dst)
+            annotations.append(ann)
+            continue
+        try:
+            ids = rgb_to_id(np.asarray(Image.open(src).convert("RGB")))
+        except (OSError, SyntaxError) as err:
+            raise InputError(f"{src}: not a readable PNG ({err})") from None
+        ids[np.isin(ids, [s["id"] for s in drop])] = 0
+        Image.fromarray(id_to_rgb(ids)).save(dst)
+        annotations.append({**ann, "segments_info": [s for s in ann["segments_info"] if s["category_id"] not in deleted]})
+
+    shutil.rmtree(gt_folder_out, ignore_errors=True)
+    tmp_folder.rename(gt_folder_out)
+    _write_json({**gt, "annotations": annotations}, Path(gt_json_out))
+    _write_json(split, Path(split_out))
+    return split

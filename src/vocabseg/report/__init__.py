@@ -1,0 +1,1 @@
+"""The results table and the figures of a study."""

@@ -1,0 +1,110 @@
+"""results/table.md and results/table.csv from the metrics JSON files of a study.
+
+One row per approach, in the order given (the study config's order): PQ All / In /
+Out, SQ and RQ (All), all x100 with 3 decimals as in the seed table, then the run
+facts (study, dataset, backbone, vocabulary configuration, iterations). Below the
+main table, per-class PQ. A group without any class (``n == 0``) prints as ``-``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from vocabseg.data.labels import EVAL_LABELS
+from vocabseg.errors import InputError
+from vocabseg.report.figures import plot_pq_bars
+
+__all__ = ["load_metrics", "results_frame", "write_report"]
+
+_FACTS = ("study", "dataset", "backbone", "vocab", "iterations")
+
+
+def load_metrics(path: Path) -> dict:
+    """Read one metrics JSON; raise :class:`InputError` naming it if unreadable."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: unreadable metrics JSON ({err})") from None
+    for key in ("All", "per_class"):
+        if key not in data:
+            raise InputError(f"{path}: metrics JSON has no {key!r} entry")
+    return data
+
+
+def _x100(group: dict | None, key: str) -> float | None:
+    if not group or group.get(key) is None:
+        return None
+    return round(100.0 * group[key], 3)
+
+
+def results_frame(metrics_files: Sequence[Path]) -> pd.DataFrame:
+    """One row per metrics file: approach, PQ/SQ/RQ x100 and the run facts."""
+    rows = []
+    for path in metrics_files:
+        m = load_metrics(path)
+        run = m.get("run", {})
+        row = {
+            "approach": run.get("approach", Path(path).stem),
+            "PQ": _x100(m["All"], "pq"),
+            "PQ In": _x100(m.get("In"), "pq"),
+            "PQ Out": _x100(m.get("Out"), "pq"),
+            "SQ": _x100(m["All"], "sq"),
+            "RQ": _x100(m["All"], "rq"),
+            "mIoU": _x100(m.get("semantic"), "miou"),
+        }
+        row.update({fact: run.get(fact, "") for fact in _FACTS})
+        row["eval vocab"] = run.get("eval_vocab", "")
+        for lb in EVAL_LABELS:
+            row[f"pq/{lb.name}"] = _x100(m["per_class"].get(str(lb.id)), "pq")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _markdown(frame: pd.DataFrame, columns: Sequence[str]) -> str:
+    def cell(v: object) -> str:
+        if v is None or (isinstance(v, float) and pd.isna(v)):
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for _, row in frame.iterrows():
+        lines.append("| " + " | ".join(cell(row[c]) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_report(metrics_files: Sequence[Path], table_md: Path, table_csv: Path, bars_png: Path, title: str) -> pd.DataFrame:
+    """Write the Markdown table, the CSV and the PQ bar chart; return the frame."""
+    frame = results_frame(metrics_files)
+    main = ["approach", "PQ", "PQ In", "PQ Out", "SQ", "RQ", "mIoU", *_FACTS, "eval vocab"]
+    per_class = ["approach", *[f"pq/{lb.name}" for lb in EVAL_LABELS]]
+    eval_vocab = frame["eval vocab"].iloc[0] if len(frame) else ""
+    text = "\n\n".join(
+        [
+            f"# {title}",
+            "PQ, SQ, RQ and mIoU x100 on the validation set (all 19 classes). "
+            f"In / Out: the in- and out-of-vocabulary classes of configuration {eval_vocab}.",
+            _markdown(frame, main),
+            "## Per-class PQ",
+            _markdown(frame.rename(columns=lambda c: c.removeprefix("pq/")), [c.removeprefix("pq/") for c in per_class]),
+        ]
+    )
+    for path, write in (
+        (table_md, lambda p: Path(p).write_text(text + "\n")),
+        (table_csv, lambda p: frame.to_csv(p, index=False, float_format="%.3f")),
+    ):
+        tmp = Path(str(path) + ".tmp")
+        write(tmp)
+        os.replace(tmp, path)
+    plot_pq_bars(
+        list(frame["approach"]),
+        {"All": list(frame["PQ"]), "In": list(frame["PQ In"]), "Out": list(frame["PQ Out"])},
+        Path(bars_png),
+    )
+    return frame
