@@ -1,0 +1,199 @@
+"""The ``vocabseg`` command line: one subcommand per workflow step.
+
+Every Snakemake rule is a one-line call of one of these subcommands, so all logic
+lives in importable, tested Python. Bad input ends with one ``error: ...`` line
+naming the file or key, exit status 1, and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from vocabseg.errors import InputError
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {}
+
+
+def _command(fn: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
+    _COMMANDS[fn.__name__.removeprefix("cmd_").replace("_", "-")] = fn
+    return fn
+
+
+@_command
+def cmd_synth(a: argparse.Namespace) -> None:
+    from vocabseg.data.synth import generate_city
+
+    paths = generate_city(
+        a.root,
+        split_sizes={"train": a.train, "val": a.val},
+        height=a.height,
+        width=a.width,
+        seed=a.seed,
+        style=a.style,
+    )
+    print(f"wrote {len(paths)} images ({a.style} style) to {a.root}")
+
+
+@_command
+def cmd_download_cityscapes(a: argparse.Namespace) -> None:
+    from vocabseg.data.download import download_cityscapes
+
+    download_cityscapes(a.dest, a.package, zips_dir=a.zips, credentials_file=a.credentials)
+
+
+@_command
+def cmd_prepare(a: argparse.Namespace) -> None:
+    from vocabseg.data.prepare import prepare_dataset
+
+    prepare_dataset(a.raw, a.out, tuple(a.splits), threads=a.threads)
+    print(f"prepared {', '.join(a.splits)} of {a.raw} in {a.out}")
+
+
+@_command
+def cmd_vocab_split(a: argparse.Namespace) -> None:
+    from vocabseg.data.vocab import write_vocab_split
+
+    split = write_vocab_split(a.train_json, a.train_folder, a.conf, a.split_out, a.gt_json_out, a.gt_folder_out)
+    print(f"configuration {a.conf}: in {split['in_names']}, out {split['out_names']}")
+
+
+@_command
+def cmd_class_frequency(a: argparse.Namespace) -> None:
+    from vocabseg.data.stats import class_frequencies
+    from vocabseg.report.figures import plot_class_frequency
+
+    split = _read_json(a.split)
+    stats = {"train": class_frequencies(a.train_json), "val": class_frequencies(a.val_json)}
+    plot_class_frequency(stats, split, a.out)
+
+
+@_command
+def cmd_oracle(a: argparse.Namespace) -> None:
+    from vocabseg.approaches.oracle import write_oracle_predictions
+
+    n = write_oracle_predictions(a.gt_json, a.gt_folder, a.out_json, a.out_folder)
+    print(f"oracle: {n} images")
+
+
+@_command
+def cmd_evaluate_panoptic(a: argparse.Namespace) -> None:
+    from vocabseg.evaluation.panoptic import evaluate_panoptic, write_metrics
+
+    split = _read_json(a.split) if a.split else None
+    results = evaluate_panoptic(a.gt_json, a.gt_folder, a.pred_json, a.pred_folder, split=split, threads=a.threads)
+    if a.fact:
+        results["run"] = dict(_parse_fact(f) for f in a.fact)
+    write_metrics(results, a.out)
+    groups = [g for g in ("All", "Things", "Stuff", "In", "Out") if g in results]
+    for g in groups:
+        r = results[g]
+        pq = "-" if r["pq"] is None else f"{100 * r['pq']:.3f}"
+        print(f"{g:7s} PQ {pq:>8s}  n {r['n']}")
+
+
+@_command
+def cmd_report(a: argparse.Namespace) -> None:
+    from vocabseg.report.table import write_report
+
+    frame = write_report(a.metrics, a.table_md, a.table_csv, a.bars, a.title)
+    print(f"{len(frame)} rows written to {a.table_md}")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: unreadable JSON ({err})") from None
+
+
+def _parse_fact(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise InputError(f"--fact {text!r}: expected KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vocabseg", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    P = Path
+
+    p = sub.add_parser("synth", help="write the synthetic city in Cityscapes layout")
+    p.add_argument("--root", type=P, required=True)
+    p.add_argument("--train", type=int, default=24)
+    p.add_argument("--val", type=int, default=8)
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--style", choices=("target", "source"), default="target")
+
+    p = sub.add_parser("download-cityscapes", help="download and extract Cityscapes packages")
+    p.add_argument("--dest", type=P, required=True)
+    p.add_argument("--zips", type=P, default=None, help="folder holding (or receiving) the zip files")
+    p.add_argument("--credentials", type=P, default=None, help='JSON file {"username": ..., "password": ...}')
+    p.add_argument("--package", nargs="+", default=["gtFine_trainvaltest.zip", "leftImg8bit_trainvaltest.zip"])
+
+    p = sub.add_parser("prepare", help="trainId label images and COCO-panoptic ground truth")
+    p.add_argument("--raw", type=P, required=True)
+    p.add_argument("--out", type=P, required=True)
+    p.add_argument("--splits", nargs="+", default=["train", "val"])
+    p.add_argument("--threads", type=int, default=1)
+
+    p = sub.add_parser("vocab-split", help="split.json and training ground truth of a configuration")
+    p.add_argument("--conf", required=True)
+    p.add_argument("--train-json", type=P, required=True)
+    p.add_argument("--train-folder", type=P, required=True)
+    p.add_argument("--split-out", type=P, required=True)
+    p.add_argument("--gt-json-out", type=P, required=True)
+    p.add_argument("--gt-folder-out", type=P, required=True)
+
+    p = sub.add_parser("class-frequency", help="class-frequency histograms, in/out coloured")
+    p.add_argument("--train-json", type=P, required=True)
+    p.add_argument("--val-json", type=P, required=True)
+    p.add_argument("--split", type=P, required=True)
+    p.add_argument("--out", type=P, required=True)
+
+    p = sub.add_parser("oracle", help="ground truth written as a prediction (chain check)")
+    p.add_argument("--gt-json", type=P, required=True)
+    p.add_argument("--gt-folder", type=P, required=True)
+    p.add_argument("--out-json", type=P, required=True)
+    p.add_argument("--out-folder", type=P, required=True)
+
+    p = sub.add_parser("evaluate-panoptic", help="PQ/SQ/RQ as cityscapesscripts, plus In/Out and mIoU")
+    p.add_argument("--gt-json", type=P, required=True)
+    p.add_argument("--gt-folder", type=P, required=True)
+    p.add_argument("--pred-json", type=P, required=True)
+    p.add_argument("--pred-folder", type=P, required=True)
+    p.add_argument("--out", type=P, required=True)
+    p.add_argument("--split", type=P, default=None, help="split.json giving the In and Out groups")
+    p.add_argument("--threads", type=int, default=1, help="worker processes (the job's threads)")
+    p.add_argument("--fact", action="append", default=[], metavar="KEY=VALUE", help="run fact stored under 'run'")
+
+    p = sub.add_parser("report", help="results table (Markdown, CSV) and PQ bar chart")
+    p.add_argument("--metrics", type=P, nargs="+", required=True)
+    p.add_argument("--table-md", type=P, required=True)
+    p.add_argument("--table-csv", type=P, required=True)
+    p.add_argument("--bars", type=P, required=True)
+    p.add_argument("--title", default="vocabseg results")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _COMMANDS[args.command](args)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

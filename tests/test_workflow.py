@@ -1,0 +1,130 @@
+"""The Snakemake workflow: config validation, dry runs, a real run on a tiny city.
+
+Snakemake runs as a subprocess in a temporary working directory, with the
+repository's Snakefile, exactly as a user runs it.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.workflow
+
+TINY = {
+    "study": "tiny",
+    "title": "tiny synthetic study",
+    "dataset": {
+        "name": "tinycity",
+        "kind": "synthetic",
+        "synthetic": {"train": 4, "val": 3, "height": 64, "width": 128, "seed": 3},
+    },
+    "vocabularies": ["000", "008"],
+    "eval_vocab": "008",
+    "approaches": {"oracle": {"kind": "oracle"}},
+}
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def jobs_planned(output: str) -> dict[str, int]:
+    """Parse the 'Job stats' table of a dry run into {rule: count}."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Job stats"))
+    counts = {}
+    for line in lines[start + 3 :]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_dry_run_of_the_cityscapes_study_plans_everything_without_network(tmp_path):
+    res = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config/cityscapes-r50.yaml"))
+    assert res.returncode == 0, res.stderr + res.stdout
+    jobs = jobs_planned(res.stdout)
+    assert jobs["download_cityscapes"] == 1
+    assert jobs["prepare"] == 1
+    assert jobs["vocab_split"] == 9
+    assert jobs["class_frequency"] == 9
+    assert jobs["report"] == 1
+    assert "synth_city" not in jobs
+
+
+def test_dry_run_of_the_default_study(tmp_path):
+    res = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config/config.yaml"))
+    assert res.returncode == 0, res.stderr + res.stdout
+    jobs = jobs_planned(res.stdout)
+    assert jobs["synth_city"] == 1 and jobs["vocab_split"] == 9 and jobs["evaluate"] == 1
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda c: c.update(eval_vocabb="008"), "config key (top level): Additional properties are not allowed ('eval_vocabb'"),
+        (lambda c: c["dataset"]["synthetic"].update(train="many"), "config key dataset.synthetic.train: 'many' is not of type 'integer'"),
+        (lambda c: c["approaches"].update(x={"kind": "orcale"}), "config key approaches.x.kind: 'orcale' is not one of"),
+        (lambda c: c["approaches"]["oracle"].update(iterz=3), "config key approaches.oracle: Additional properties are not allowed ('iterz'"),
+        (lambda c: c.update(vocabularies=["000", "009"]), "config key vocabularies.1: '009' is not one of"),
+    ],
+)
+def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, mutate, expected):
+    config = json.loads(json.dumps(TINY))
+    mutate(config)
+    keep = tmp_path / "results" / "tiny" / "metrics" / "earlier.json"
+    keep.parent.mkdir(parents=True)
+    keep.write_text("{}")
+    res = snakemake(tmp_path, "--cores", "1", "--configfile", str(write_config(tmp_path / "c.yaml", config)))
+    assert res.returncode != 0
+    assert expected in res.stderr + res.stdout
+    assert keep.read_text() == "{}"
+    assert not (tmp_path / "resources").exists()
+
+
+def test_lint_is_clean():
+    res = snakemake(REPO, "--lint")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Congratulations" in res.stdout + res.stderr
+
+
+def test_snakefmt_clean():
+    exe = shutil.which("snakefmt", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip("snakefmt is not installed (pip install -e '.[test]')")
+    res = subprocess.run([exe, "--check", "Snakefile", "workflow"], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_tiny_study_runs_end_to_end(tmp_path):
+    config = write_config(tmp_path / "tiny.yaml", TINY)
+    res = snakemake(tmp_path, "--cores", "2", "--configfile", str(config))
+    assert res.returncode == 0, res.stderr[-4000:]
+    table = (tmp_path / "results/table.md").read_text()
+    assert "| oracle | 100.000 | 100.000 | 100.000 | 100.000 | 100.000 | 100.000 |" in table
+    metrics = json.loads((tmp_path / "results/tiny/metrics/oracle.json").read_text())
+    assert metrics["All"]["n"] == 19 and metrics["Out"]["n"] == 8 and metrics["In"]["n"] == 11
+    assert metrics["run"]["approach"] == "oracle" and metrics["run"]["eval_vocab"] == "008"
+    for conf in ("000", "008"):
+        assert (tmp_path / f"results/tiny/vocab/{conf}/class_frequency.png").stat().st_size > 0
+    # every rule logged and benchmarked
+    assert (tmp_path / "logs/tiny/evaluate/oracle.log").exists()
+    assert (tmp_path / "benchmarks/tiny/evaluate/oracle.tsv").exists()
+    # nothing is left to do
+    again = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(config))
+    assert "Nothing to be done" in again.stdout + again.stderr
