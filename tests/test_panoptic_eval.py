@@ -20,12 +20,12 @@ from vocabseg.data.labels import STUFF_IDS, THING_IDS
 from vocabseg.errors import InputError
 from vocabseg.evaluation import evaluate_panoptic, write_metrics
 from vocabseg.evaluation import panoptic as pan
-from vocabseg.evaluation.io import load_json, read_panoptic_png, vips_available
+from vocabseg.evaluation.io import load_json, read_panoptic_png
 from vocabseg.evaluation.synthetic import gt_segments_info, ids_to_rgb, write_dataset
 
 TOL = 1e-12
 GROUPS = ("All", "Things", "Stuff")
-DECODERS = ["pil"] + (["vips"] if vips_available() else [])
+DECODERS = ["auto", "pil"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -209,12 +209,6 @@ def test_group_without_classes_is_none(tmp_path):
 def test_threads_give_identical_results(tmp_path):
     ds = write_dataset(tmp_path / "data", n_images=6, seed=7)
     assert ours(ds, threads=2) == ours(ds, threads=1)
-
-
-@pytest.mark.skipif(not vips_available(), reason="pyvips not installed")
-def test_decoders_give_identical_results(tmp_path):
-    ds = write_dataset(tmp_path / "data", n_images=4, seed=8, large_ids=True)
-    assert ours(ds, decoder="vips") == ours(ds, decoder="pil")
 
 
 def test_binary_search_path_matches_lookup_tables(tmp_path, monkeypatch):
@@ -423,19 +417,6 @@ def test_png_non_rgb_modes_are_rejected(tmp_path, decoder, mode):
     image.save(tmp_path / "x.png")
     with pytest.raises(InputError, match="x.png"):
         read_panoptic_png(tmp_path / "x.png", decoder)
-
-
-@pytest.mark.skipif(not vips_available(), reason="pyvips not installed")
-def test_vips_fast_path_is_taken_only_for_plain_rgb(tmp_path):
-    from vocabseg.evaluation import io as png_io
-
-    ids = np.arange(12 * 20, dtype=np.uint32).reshape(12, 20) * 6151
-    write_ids(tmp_path / "rgb.png", ids)
-    np.testing.assert_array_equal(png_io._read_with_vips(tmp_path / "rgb.png"), ids)
-    Image.fromarray(ids_to_rgb(ids), mode="RGB").convert("P").save(tmp_path / "p.png")
-    assert png_io._read_with_vips(tmp_path / "p.png") is None
-    (tmp_path / "cut.png").write_bytes((tmp_path / "rgb.png").read_bytes()[:60])
-    assert png_io._read_with_vips(tmp_path / "cut.png") is None
 
 
 def test_missing_files_are_input_errors(small_ds, tmp_path):

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from vocabseg.data.labels import EVAL_IDS, STUFF_IDS, THING_IDS
-from vocabseg.data.vocab import VOCAB_CONFIGS, id_to_rgb, make_split, rgb_to_id, write_vocab_split
+from vocabseg.data.panoptic_png import id_to_rgb, rgb_to_id
+from vocabseg.data.vocab import VOCAB_CONFIGS, make_split, write_vocab_split
 from vocabseg.errors import InputError
 
 # The seed's table, verbatim.

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
+from vocabseg.data.panoptic_png import read_panoptic_png, write_panoptic_png
 from vocabseg.errors import InputError
 
 __all__ = ["write_oracle_predictions"]
 
 
 def write_oracle_predictions(gt_json: Path, gt_folder: Path, out_json: Path, out_folder: Path) -> int:
-    """Copy the ground truth into the prediction format; return the image count."""
+    """Write the ground truth in the prediction format; return the image count."""
     try:
         gt = json.loads(Path(gt_json).read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -31,7 +31,7 @@ def write_oracle_predictions(gt_json: Path, gt_folder: Path, out_json: Path, out
         src = Path(gt_folder) / ann["file_name"]
         if not src.is_file():
             raise InputError(f"{src}: missing (listed in {gt_json})")
-        shutil.copyfile(src, out_folder / ann["file_name"])
+        write_panoptic_png(out_folder / ann["file_name"], read_panoptic_png(src))
         segments = [{"id": s["id"], "category_id": s["category_id"]} for s in ann["segments_info"]]
         annotations.append({"image_id": ann["image_id"], "file_name": ann["file_name"], "segments_info": segments})
     tmp = Path(str(out_json) + ".tmp")

@@ -7,7 +7,9 @@ Cityscapes download and for the synthetic city:
   ``csCreateTrainIdLabelImgs`` does), written to a mirrored tree under the output
   folder instead of next to the raw data, so the download stays read-only;
 * ``convert2panoptic`` (what ``csCreatePanopticImgs`` does, **label ids**, not
-  train ids) for each split.
+  train ids) for each split, its PNGs then rewritten pixel for pixel by
+  :func:`~vocabseg.data.panoptic_png.write_panoptic_png` (same ids, a PNG layout
+  that reads much faster).
 
 Output layout (``out``)::
 
@@ -29,6 +31,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from vocabseg.data.panoptic_png import read_panoptic_png, write_panoptic_png
 from vocabseg.errors import InputError
 
 __all__ = ["prepare_dataset", "check_png", "list_split"]
@@ -82,6 +85,21 @@ def _train_id_image(args: tuple[Path, Path]) -> None:
     json2labelImg(str(src), str(dst), "trainIds")
 
 
+def _reencode_panoptic(png: Path) -> None:
+    """Rewrite one panoptic PNG with write_panoptic_png; the ids stay the same."""
+    write_panoptic_png(png, read_panoptic_png(png))
+
+
+def _run(work, jobs: list, threads: int) -> None:
+    """Call ``work`` on every job, in ``threads`` worker processes if more than one."""
+    if threads > 1:
+        with ProcessPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(work, jobs, chunksize=16))
+    else:
+        for job in jobs:
+            work(job)
+
+
 def prepare_dataset(
     raw: Path, out: Path, splits: tuple[str, ...] = ("train", "val"), threads: int = 1
 ) -> None:
@@ -108,17 +126,14 @@ def prepare_dataset(
         for polygons in per_split.values()
         for poly in polygons
     ]
-    if threads > 1:
-        with ProcessPoolExecutor(max_workers=threads) as pool:
-            list(pool.map(_train_id_image, jobs, chunksize=16))
-    else:
-        for job in jobs:
-            _train_id_image(job)
+    _run(_train_id_image, jobs, threads)
 
     # convert2panoptic prints a carriage-return progress bar; keep the log readable.
     with contextlib.redirect_stdout(io.StringIO()):
         convert2panoptic(
             cityscapesPath=str(raw / "gtFine"), outputFolder=str(tmp), useTrainId=False, setNames=list(splits)
         )
+    panoptic_pngs = [png for split in splits for png in sorted((tmp / f"cityscapes_panoptic_{split}").glob("*.png"))]
+    _run(_reencode_panoptic, panoptic_pngs, threads)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)

@@ -29,12 +29,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from vocabseg.data.labels import EVAL_LABELS, ID_TO_LABEL
+from vocabseg.data.panoptic_png import read_panoptic_png, write_panoptic_png
 from vocabseg.errors import InputError
 
-__all__ = ["VOCAB_CONFIGS", "make_split", "write_vocab_split", "rgb_to_id", "id_to_rgb"]
+__all__ = ["VOCAB_CONFIGS", "make_split", "write_vocab_split"]
 
 _ORDER = (24, 25, 26, 27, 28, 31, 32, 33)
 VOCAB_CONFIGS: dict[str, tuple[int, ...]] = {f"{k:03d}": _ORDER[:k] for k in range(9)}
@@ -55,18 +55,6 @@ def make_split(conf: str) -> dict:
         "in_names": [ID_TO_LABEL[i].name for i in in_ids],
         "out_names": [ID_TO_LABEL[i].name for i in out_ids],
     }
-
-
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """COCO-panoptic colour to segment id: ``(H, W, 3) uint8 -> (H, W) uint32``."""
-    rgb = rgb.astype(np.uint32)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
-
-
-def id_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """Segment id to COCO-panoptic colour: ``(H, W) int -> (H, W, 3) uint8``."""
-    ids = ids.astype(np.uint32)
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
 
 
 def _write_json(data: dict, path: Path) -> None:
@@ -113,12 +101,9 @@ def write_vocab_split(
             _link_or_copy(src, dst)
             annotations.append(ann)
             continue
-        try:
-            ids = rgb_to_id(np.asarray(Image.open(src).convert("RGB")))
-        except (OSError, SyntaxError) as err:
-            raise InputError(f"{src}: not a readable PNG ({err})") from None
+        ids = read_panoptic_png(src)  # InputError naming src if unreadable
         ids[np.isin(ids, [s["id"] for s in drop])] = 0
-        Image.fromarray(id_to_rgb(ids)).save(dst)
+        write_panoptic_png(dst, ids)
         annotations.append({**ann, "segments_info": [s for s in ann["segments_info"] if s["category_id"] not in deleted]})
 
     shutil.rmtree(gt_folder_out, ignore_errors=True)

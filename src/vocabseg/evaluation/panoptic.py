@@ -52,12 +52,12 @@ fractions in [0, 1]):
 * ``semantic``: ``{"miou", "per_class"}``, semantic IoU computed from the same PNGs
   (see :mod:`vocabseg.evaluation.semantic`).
 
-Speed: per image both PNGs are decoded once, segment ids are mapped to dense slots
-with small lookup tables, and a single ``np.bincount`` gives the joint
-(GT segment, predicted segment) pixel histogram; matching, FN and FP are then
-vectorised over that small histogram. On Cityscapes-sized images most of the time
-goes into PNG decoding; ``decoder`` (see :mod:`vocabseg.evaluation.io`) can use
-libvips instead of PIL for that, with identical results.
+Speed: per image both PNGs are decoded once (the plain PNGs that the project
+writes without Pillow, see :mod:`vocabseg.data.panoptic_png`), the pixels are cut
+into runs of one (GT id, predicted id) pair in raster order, the runs' segment ids
+are mapped to dense slots with small lookup tables, and one weighted ``np.bincount``
+over the runs gives the joint (GT segment, predicted segment) pixel histogram;
+matching, FN and FP are then vectorised over that small histogram.
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ from pathlib import Path
 import numpy as np
 
 from vocabseg.errors import InputError
-from vocabseg.evaluation.io import DECODERS, load_json, read_panoptic_png, write_json_atomic
+from vocabseg.data.panoptic_png import DECODERS, read_panoptic_png
+from vocabseg.evaluation.io import load_json, write_json_atomic
 from vocabseg.evaluation.semantic import confusion_from_histogram, semantic_metrics
 
 __all__ = [
@@ -225,7 +226,7 @@ class SlotMap:
 
 
 def pixel_slots(pixel_ids: np.ndarray, slots: SlotMap, scale: int, dtype: type) -> np.ndarray:
-    """``scale * slot`` of every pixel: (N,) uint32 ids -> (N,) ``dtype``.
+    """``scale * slot`` of every id: (N,) uint32 ids -> (N,) ``dtype``.
 
     Ids below :data:`LUT_MAX_ID` go through a dense lookup table; larger ids (up to
     2**24) through a binary search in the image's few segment ids.
@@ -254,19 +255,38 @@ def _searched_slots(pixel_ids: np.ndarray, slots: SlotMap) -> np.ndarray:
     return result
 
 
+def pair_runs(gt_ids: np.ndarray, pred_ids: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Maximal runs of equal (GT id, predicted id) pairs in the (N,) uint32 pixel ids.
+
+    Returns the runs' GT ids (R,) uint32, predicted ids (R,) uint32 and lengths (R,)
+    int64. Segmentation maps are long runs of one colour: R is a small fraction of N.
+    """
+    changed = gt_ids[1:] != gt_ids[:-1]
+    changed |= pred_ids[1:] != pred_ids[:-1]
+    starts = np.flatnonzero(changed)
+    starts += 1
+    if gt_ids.size:
+        starts = np.concatenate(([0], starts))
+    return gt_ids[starts], pred_ids[starts], np.diff(starts, append=gt_ids.size)
+
+
 def joint_histogram(
     gt_ids: np.ndarray, gt: SlotMap, pred_ids: np.ndarray, pred: SlotMap
 ) -> np.ndarray:
     """Pixel counts of every (GT slot, predicted slot) pair: (R, C) int64.
 
-    ``gt_ids`` and ``pred_ids`` are (N,) uint32. One ``np.bincount`` over
-    ``gt_slot * C + pred_slot``, computed in the smallest unsigned dtype that holds it.
+    ``gt_ids`` and ``pred_ids`` are (N,) uint32. The pixels are grouped into
+    :func:`pair_runs`; one ``np.bincount`` over ``gt_slot * C + pred_slot`` of the
+    runs, weighted by their lengths, counts the pixels (exactly: float64 holds
+    integers up to 2**53).
     """
+    gt_run, pred_run, length = pair_runs(gt_ids, pred_ids)
     n_cells = gt.n_slots * pred.n_slots
     dtype = np.uint16 if n_cells <= 1 << 16 else np.uint32 if n_cells <= 1 << 32 else np.int64
-    cells = pixel_slots(gt_ids, gt, pred.n_slots, dtype)
-    cells += pixel_slots(pred_ids, pred, 1, dtype)
-    return np.bincount(cells, minlength=n_cells).reshape(gt.n_slots, pred.n_slots)
+    cells = pixel_slots(gt_run, gt, pred.n_slots, dtype)
+    cells += pixel_slots(pred_run, pred, 1, dtype)
+    counts = np.bincount(cells, weights=length, minlength=n_cells)
+    return counts.astype(np.int64).reshape(gt.n_slots, pred.n_slots)
 
 
 def _check_prediction(
