@@ -1,0 +1,447 @@
+"""The shared trainer on a tiny real segmentation task (a per-pixel classifier).
+
+Runs that must be killed, preempted or distributed execute this file as a script
+(``python tests/test_trainer.py --dir D ...``) in subprocesses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vocabseg.engine import Preempted, TrainConfig, train
+from vocabseg.engine import trainer as trainer_module
+from vocabseg.engine.trainer import batch_plan, find_checkpoint, lr_factor, param_groups
+from vocabseg.errors import InputError
+
+K = 3  # classes: background, rectangle, disc
+SIZE = 24
+BASE = dict(iters=30, batch_size=4, lr=1e-2, checkpoint_every=5, log_every=5, seed=3)
+SCRIPT = Path(__file__).resolve()
+
+
+class PixelNet(nn.Module):
+    """Per-pixel classifier: frozen 1x1 stem, conv + GroupNorm, class embeddings as the classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 3, 1)
+        self.stem.requires_grad_(False)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.GroupNorm(2, 8)
+        self.class_embed = nn.Embedding(K, 8)
+        self.logit_bias = nn.Parameter(torch.zeros(K))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] 0..255 -> [B, K, H, W] logits."""
+        x = torch.relu(self.norm(self.conv(self.stem(images / 127.5 - 1.0))))
+        return torch.einsum("bchw,kc->bkhw", x, self.class_embed.weight) + self.logit_bias[:, None, None]
+
+
+class ShapesDataset:
+    """Six images: a rectangle and a disc on a background, colour (plus noise) encodes the class."""
+
+    colors = torch.tensor([[90.0, 90.0, 90.0], [200.0, 60.0, 40.0], [40.0, 90.0, 210.0]])
+
+    def __len__(self) -> int:
+        return 6
+
+    def get(self, index: int, seed: int):
+        g = torch.Generator().manual_seed(1000 + index)
+        sem = torch.zeros(SIZE, SIZE, dtype=torch.long)
+        y0, x0 = torch.randint(0, SIZE - 10, (2,), generator=g).tolist()
+        sem[y0 : y0 + 8, x0 : x0 + 10] = 1
+        cy, cx = torch.randint(5, SIZE - 5, (2,), generator=g).tolist()
+        ys, xs = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+        sem[(ys - cy) ** 2 + (xs - cx) ** 2 <= 16] = 2
+        image = self.colors[sem].permute(2, 0, 1) + 25.0 * torch.randn(3, SIZE, SIZE, generator=g)
+        if torch.rand((), generator=torch.Generator().manual_seed(seed)) < 0.5:  # seeded augmentation
+            image, sem = image.flip(-1), sem.flip(-1)
+        labels = torch.arange(K)
+        return image.clamp(0, 255), {
+            "labels": labels,
+            "masks": sem[None] == labels[:, None, None],
+            "seed": seed,
+        }
+
+
+class ToyTask:
+    """Two loss terms; one samples pixels with a generator seeded by the target's seed."""
+
+    def __init__(self, sleep: float = 0.0):
+        torch.manual_seed(0)
+        self.model = PixelNet()
+        self.sleep = sleep
+        self.calls = 0
+
+    def losses(self, model, images, targets):
+        self.calls += 1
+        if self.sleep:
+            time.sleep(self.sleep)
+        logits = model(images)
+        sem = torch.stack([(t["masks"].long() * t["labels"][:, None, None]).sum(0) for t in targets])
+        points = []
+        for b, t in enumerate(targets):
+            idx = torch.randint(0, SIZE * SIZE, (64,), generator=torch.Generator().manual_seed(t["seed"]))
+            points.append(F.cross_entropy(logits[b].flatten(1).T[idx], sem[b].flatten()[idx]))
+        return {"loss_points": torch.stack(points).mean(), "loss_full": 0.5 * F.cross_entropy(logits, sem)}
+
+    def export(self, model, path):
+        torch.save(model.state_dict(), path)
+
+
+def _paths(folder: Path) -> dict:
+    return {
+        "out": folder / "model.pt",
+        "state_dir": folder / "state",
+        "metrics_log": folder / "metrics.jsonl",
+    }
+
+
+@contextlib.contextmanager
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the subprocesses use one thread too: bitwise comparable
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_inprocess(folder: Path, **overrides) -> ToyTask:
+    task = ToyTask()
+    with _one_thread():
+        train(task, ShapesDataset(), TrainConfig(**{**BASE, **overrides}), **_paths(folder))
+    return task
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def _assert_bitwise_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def _metrics(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def _start(folder: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--dir", str(folder), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"training exited early ({proc.returncode}): {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"{path} did not appear")
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Uninterrupted single-process run of BASE (30 iterations)."""
+    folder = tmp_path_factory.mktemp("reference")
+    run_inprocess(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def short_reference(tmp_path_factory):
+    """Uninterrupted run of 10 iterations."""
+    folder = tmp_path_factory.mktemp("short")
+    run_inprocess(folder, iters=10)
+    return folder
+
+
+# --------------------------------------------------------------------------------------
+
+
+def test_param_groups_exclude_frozen_and_skip_decay_on_norm_and_embeddings():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.bn = nn.BatchNorm2d(4)
+            self.gn = nn.GroupNorm(2, 4)
+            self.ln = nn.LayerNorm(4)
+            self.query_embed = nn.Embedding(5, 4)
+            self.absolute_pos_embed = nn.Parameter(torch.zeros(4))
+            self.level_embed = nn.Parameter(torch.zeros(3, 4))  # a plain parameter: decayed, as upstream
+            self.frozen = nn.Linear(4, 4).requires_grad_(False)
+
+    cfg = TrainConfig(iters=1, batch_size=1)
+    decay = {name: g["weight_decay"] for g in param_groups(Net(), cfg) for name in g["param_names"]}
+    assert decay == {
+        "absolute_pos_embed": 0.0,
+        "level_embed": 0.05,
+        "conv.weight": 0.05,
+        "conv.bias": 0.05,
+        **{f"{m}.{p}": 0.0 for m in ("bn", "gn", "ln") for p in ("weight", "bias")},
+        "query_embed.weight": 0.0,
+    }
+
+
+def test_loss_decreases_and_metrics_follow_the_poly_schedule(reference):
+    lines = _metrics(reference)
+    assert [r["iter"] for r in lines] == [5, 10, 15, 20, 25, 30]
+    assert set(lines[0]) == {"iter", "lr", "loss", "loss_full", "loss_points", "sec_per_iter"}
+    for r in lines:
+        assert r["loss"] == pytest.approx(r["loss_full"] + r["loss_points"], rel=1e-5)
+        # the lr of the window's last iteration (0-based iter - 1)
+        assert r["lr"] == pytest.approx(1e-2 * (1 - (r["iter"] - 1) / 30) ** 0.9)
+    assert lines[-1]["loss"] < 0.5 * lines[0]["loss"]
+    assert lr_factor(TrainConfig(iters=10, batch_size=1, schedule="step", steps=(4, 8)), 8) == pytest.approx(
+        0.01
+    )
+    warm = TrainConfig(iters=10, batch_size=1, warmup_iters=4, warmup_factor=0.1)
+    assert lr_factor(warm, 0) == pytest.approx(0.1) and lr_factor(warm, 2) == pytest.approx(0.55 * 0.8**0.9)
+
+
+def test_checkpoints_hold_trainable_state_only_and_the_last_two_are_kept(reference):
+    state = reference / "state"
+    assert sorted(p.name for p in state.iterdir()) == ["ckpt_25.pt", "ckpt_30.pt"]
+    ckpt = torch.load(state / "ckpt_30.pt", weights_only=True)
+    assert ckpt["iteration"] == 30
+    assert set(ckpt["model"]) == {
+        "conv.weight",
+        "conv.bias",
+        "norm.weight",
+        "norm.bias",
+        "class_embed.weight",
+        "logit_bias",
+    }
+    groups = {g["weight_decay"]: sorted(g["param_names"]) for g in ckpt["optimizer"]["param_groups"]}
+    assert groups == {
+        0.05: ["conv.bias", "conv.weight", "logit_bias"],
+        0.0: ["class_embed.weight", "norm.bias", "norm.weight"],
+    }
+    final = _weights(reference / "model.pt")
+    assert set(final) == set(ckpt["model"]) | {"stem.weight", "stem.bias"}
+    initial = ToyTask().model.state_dict()
+    assert torch.equal(final["stem.weight"], initial["stem.weight"])  # frozen: untouched
+    assert not torch.equal(final["conv.weight"], initial["conv.weight"])
+
+
+def test_gradients_are_clipped_by_the_full_model_norm(tmp_path, monkeypatch):
+    calls = []
+    real_clip = nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *args, **kwargs):
+        params = list(params)
+        calls.append((len(params), max_norm))
+        return real_clip(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.nn.utils, "clip_grad_norm_", spy)
+    initial = ToyTask().model.state_dict()
+    run_inprocess(tmp_path / "clipped", iters=1, clip_grad=1e-9)
+    assert calls == [(6, 1e-9)]  # one norm over all six trainable tensors
+    run_inprocess(tmp_path / "free", iters=1, clip_grad=0.0)
+    assert len(calls) == 1
+    # AdamW's first step is ~lr * sign(g) unless |g| << eps = 1e-8, as after clipping to 1e-9.
+    moved = {
+        name: (_weights(tmp_path / name / "model.pt")["conv.weight"] - initial["conv.weight"]).abs().max()
+        for name in ("clipped", "free")
+    }
+    assert moved["free"] == pytest.approx(1e-2, rel=0.01)
+    assert moved["clipped"] < 0.1 * moved["free"]
+
+
+def test_batch_plan_is_a_seeded_partition_of_epoch_permutations():
+    cfg = TrainConfig(iters=6, batch_size=4, seed=5)
+    plans = [batch_plan(6, cfg, i) for i in range(6)]  # 24 samples = 4 epochs of 6
+    indices = [index for plan in plans for index, _ in plan]
+    for epoch in range(4):
+        assert sorted(indices[6 * epoch : 6 * epoch + 6]) == list(range(6))
+    seeds = [seed for plan in plans for _, seed in plan]
+    assert len(set(seeds)) == len(seeds)
+    for i in range(6):
+        assert batch_plan(6, cfg, i, world=2, rank=0) + batch_plan(6, cfg, i, world=2, rank=1) == plans[i]
+    assert (
+        batch_plan(6, cfg, 0) == plans[0]
+        and batch_plan(6, TrainConfig(iters=6, batch_size=4, seed=6), 0) != plans[0]
+    )
+    with pytest.raises(InputError, match="batch_size"):
+        batch_plan(6, cfg, 0, world=3, rank=0)
+
+
+def test_checkpoint_write_is_atomic_and_a_failed_write_leaves_the_previous_one(
+    tmp_path, monkeypatch, short_reference
+):
+    real_save = torch.save
+
+    def crashing_save(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("iteration") == 10:
+            assert not (tmp_path / "state" / "ckpt_10.pt").exists()  # nothing under the final name yet
+            f.write(b"PK\x03\x04 half a checkpoint")
+            raise OSError("simulated crash while writing")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.torch, "save", crashing_save)
+    with pytest.raises(OSError, match="simulated crash"):
+        run_inprocess(tmp_path, iters=10)
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["ckpt_5.pt"]  # no partial file left
+    assert not (tmp_path / "model.pt").exists()
+    task = run_inprocess(tmp_path, iters=10)
+    assert task.calls == 5
+    _assert_bitwise_equal(_weights(tmp_path / "model.pt"), _weights(short_reference / "model.pt"))
+
+
+def test_resume_skips_a_truncated_newest_checkpoint(tmp_path, capsys, short_reference):
+    shutil.copytree(short_reference / "state", tmp_path / "state")
+    newest = tmp_path / "state" / "ckpt_10.pt"
+    newest.write_bytes(newest.read_bytes()[:2000])
+    assert find_checkpoint(tmp_path / "state")[0] == 5
+    task = run_inprocess(tmp_path, iters=10)
+    err = capsys.readouterr().err
+    assert "skipping unreadable checkpoint" in err and "ckpt_10.pt" in err and "resumed from" in err
+    assert task.calls == 5
+    _assert_bitwise_equal(_weights(tmp_path / "model.pt"), _weights(short_reference / "model.pt"))
+    # A finished run only re-exports.
+    (tmp_path / "model.pt").unlink()
+    assert run_inprocess(tmp_path, iters=10).calls == 0
+    _assert_bitwise_equal(_weights(tmp_path / "model.pt"), _weights(short_reference / "model.pt"))
+
+
+def test_another_config_or_bad_setup_is_refused(tmp_path, short_reference):
+    shutil.copytree(short_reference / "state", tmp_path / "state")
+    with pytest.raises(InputError, match=r"another training configuration.*'lr'"):
+        run_inprocess(tmp_path, iters=10, lr=2e-2)
+    with pytest.raises(InputError, match="must differ"):
+        train(
+            ToyTask(),
+            ShapesDataset(),
+            TrainConfig(**BASE),
+            out=tmp_path / "x",
+            state_dir=tmp_path / "x",
+            metrics_log=tmp_path / "m.jsonl",
+        )
+    with pytest.raises(InputError, match="amp"):
+        run_inprocess(tmp_path / "amp", amp="on")
+    with pytest.raises(InputError, match="bogus"):
+        TrainConfig.from_dict({"iters": 1, "batch_size": 1, "bogus": 1})
+    with pytest.raises(InputError, match="schedule"):
+        TrainConfig.from_dict({"iters": 1, "batch_size": 1, "schedule": "cosine"})
+    assert TrainConfig.from_dict({"iters": 1, "batch_size": 1, "steps": [1]}).steps == (1,)
+
+
+def test_loader_workers_give_the_same_weights(tmp_path, short_reference):
+    run_inprocess(tmp_path, iters=10, num_workers=2)
+    _assert_bitwise_equal(_weights(tmp_path / "model.pt"), _weights(short_reference / "model.pt"))
+
+
+def test_sigkill_then_resume_gives_bitwise_identical_weights(tmp_path, reference):
+    proc = _start(tmp_path, "--sleep", "0.08")
+    _wait_for(tmp_path / "state" / "ckpt_5.pt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "model.pt").exists()
+    resumed_at = find_checkpoint(tmp_path / "state")[0]
+    assert resumed_at < 30
+    before = _metrics(tmp_path)
+    task = run_inprocess(tmp_path)
+    assert task.calls == 30 - resumed_at
+    _assert_bitwise_equal(_weights(tmp_path / "model.pt"), _weights(reference / "model.pt"))
+    after = _metrics(tmp_path)
+    assert [r["iter"] for r in after] == [5, 10, 15, 20, 25, 30]  # appended, each iteration once
+    assert after[: resumed_at // 5] == [r for r in before if r["iter"] <= resumed_at]
+    for mine, ref in zip(after, _metrics(reference)):
+        assert mine["loss"] == ref["loss"]
+
+
+def test_sigterm_checkpoints_exits_143_and_resumes_identically(tmp_path, reference):
+    proc = _start(tmp_path, "--sleep", "0.08")
+    _wait_for(tmp_path / "state" / "ckpt_5.pt", proc)
+    time.sleep(0.12)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "preempted at iteration" in err
+    stopped_at = int(err.split("preempted at iteration ")[1].split(";")[0])
+    assert 5 <= stopped_at < 30
+    assert find_checkpoint(tmp_path / "state")[0] == stopped_at
+    assert not (tmp_path / "model.pt").exists()
+    task = run_inprocess(tmp_path)
+    assert task.calls == 30 - stopped_at
+    _assert_bitwise_equal(_weights(tmp_path / "model.pt"), _weights(reference / "model.pt"))
+    assert [r["iter"] for r in _metrics(tmp_path)] == [5, 10, 15, 20, 25, 30]
+
+
+def test_two_process_ddp_matches_one_process(tmp_path, reference):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [
+        _start(
+            tmp_path,
+            env={
+                "RANK": str(r),
+                "LOCAL_RANK": str(r),
+                "WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+            },
+        )
+        for r in range(2)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    mine, ref = _weights(tmp_path / "model.pt"), _weights(reference / "model.pt")
+    assert mine.keys() == ref.keys()
+    for key in ref:
+        torch.testing.assert_close(mine[key], ref[key], atol=1e-6, rtol=0)
+    lines = _metrics(tmp_path)
+    assert [r["iter"] for r in lines] == [5, 10, 15, 20, 25, 30]
+    for a, b in zip(lines, _metrics(reference)):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+
+
+def _main() -> None:
+    parser = argparse.ArgumentParser(description="train the toy task (used by the tests above)")
+    parser.add_argument("--dir", type=Path, required=True)
+    parser.add_argument("--sleep", type=float, default=0.0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    from vocabseg.engine.distributed import cleanup
+
+    try:
+        train(ToyTask(args.sleep), ShapesDataset(), TrainConfig(**BASE), **_paths(args.dir))
+    except Preempted:
+        cleanup()
+        raise  # the interpreter turns it into exit status 143
+    cleanup()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # skip the slow interpreter teardown of torch (seconds on 2 busy cores)
+
+
+if __name__ == "__main__":
+    _main()
