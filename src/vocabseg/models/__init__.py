@@ -1,0 +1,1 @@
+"""Model definitions (FC-CLIP re-implementation and helpers)."""
