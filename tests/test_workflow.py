@@ -64,14 +64,19 @@ def test_dry_run_of_the_cityscapes_study_plans_everything_without_network(tmp_pa
     assert jobs["vocab_split"] == 9
     assert jobs["class_frequency"] == 9
     assert jobs["report"] == 1
-    assert "synth_city" not in jobs
+    assert jobs["official_weights"] == 1  # the official checkpoint is an input, not pretrained
+    assert jobs["train_finetune"] == 3 and jobs["predict"] == 4 and jobs["text_embeddings"] == 2
+    assert "synth_city" not in jobs and "pretrain_base" not in jobs
 
 
 def test_dry_run_of_the_default_study(tmp_path):
     res = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config/config.yaml"))
     assert res.returncode == 0, res.stderr + res.stdout
     jobs = jobs_planned(res.stdout)
-    assert jobs["synth_city"] == 1 and jobs["vocab_split"] == 9 and jobs["evaluate"] == 1
+    assert jobs["synth_city"] == 2  # the target-style city and the source-style one
+    assert jobs["pretrain_clip"] == 1 and jobs["pretrain_base"] == 1
+    assert jobs["vocab_split"] == 9 and jobs["train_finetune"] == 3
+    assert jobs["predict"] == 4 and jobs["evaluate"] == 5
 
 
 @pytest.mark.parametrize(
@@ -111,6 +116,43 @@ def test_snakefmt_clean():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+# Every FC-CLIP stage of the default study, shrunk to seconds: source city, CLIP and
+# base-model pretraining, text embeddings, fine-tuning, prediction, evaluation.
+TINY_FCCLIP = {
+    **TINY,
+    "study": "tinyfc",
+    "pretrain": {"source": {"train": 4, "val": 2, "height": 64, "width": 128, "seed": 5},
+                 "clip_steps": 4, "base_iters": 4},
+    "training": {"batch_size": 2, "crop": [64, 128], "num_points": 256, "checkpoint_every": 2, "log_every": 1},
+    "inference": {"batch_size": 2},
+    "approaches": {
+        "zeroshot": {"kind": "zeroshot"},
+        "upperbound": {"kind": "finetune", "vocab": "000", "iters": 3},
+        "lowerbound": {"kind": "finetune", "vocab": "008", "iters": 3},
+    },
+}
+
+
+def test_tiny_fcclip_study_runs_end_to_end(tmp_path):
+    config = write_config(tmp_path / "tinyfc.yaml", TINY_FCCLIP)
+    res = snakemake(tmp_path, "--cores", "2", "--configfile", str(config))
+    assert res.returncode == 0, res.stderr[-6000:]
+    table = (tmp_path / "results/table.md").read_text()
+    for name in ("zeroshot", "upperbound", "lowerbound"):
+        assert f"| {name} |" in table
+        metrics = json.loads((tmp_path / f"results/tinyfc/metrics/{name}.json").read_text())
+        assert 0.0 <= (metrics["All"]["pq"] or 0.0) <= 1.0
+    run = json.loads((tmp_path / "results/tinyfc/metrics/lowerbound.json").read_text())["run"]
+    assert run["vocab"] == "008" and run["iterations"] == 3
+    # training state lives beside the final weights, outside the declared outputs
+    assert list((tmp_path / "results/tinyfc/models/lowerbound/ckpt").glob("ckpt_*.pt"))
+    log = (tmp_path / "results/tinyfc/models/lowerbound/ckpt/metrics.jsonl").read_text().splitlines()
+    assert json.loads(log[-1])["iter"] == 3
+    # the text classifiers are cached per vocabulary: 19 classes for testing, 11 for 008
+    assert (tmp_path / "results/tinyfc/text/tiny/000.pt").exists()
+    assert (tmp_path / "results/tinyfc/text/tiny/008.pt").exists()
+
+
 def test_tiny_study_runs_end_to_end(tmp_path):
     config = write_config(tmp_path / "tiny.yaml", TINY)
     res = snakemake(tmp_path, "--cores", "2", "--configfile", str(config))
@@ -128,3 +170,12 @@ def test_tiny_study_runs_end_to_end(tmp_path):
     # nothing is left to do
     again = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(config))
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_missing_official_weights_say_where_they_come_from(tmp_path):
+    res = snakemake(tmp_path, "resources/weights/fcclip_cocopan_r50.pth", "--cores", "1",
+                    "--configfile", str(REPO / "config/cityscapes-r50.yaml"))
+    assert res.returncode != 0
+    out = res.stdout + res.stderr
+    assert "fcclip_cocopan_r50.pth (model.weights) is missing" in out
+    assert "FC-CLIP model zoo" in out and "point model.weights" in out

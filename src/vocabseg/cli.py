@@ -72,6 +72,55 @@ def cmd_class_frequency(a: argparse.Namespace) -> None:
 
 
 @_command
+def cmd_pretrain_clip(a: argparse.Namespace) -> None:
+    from vocabseg.pretrain.clip_regions import pretrain_clip_regions
+
+    metrics = pretrain_clip_regions(
+        a.raw, a.out, steps=a.steps, image_size=(a.height, a.width), seed=a.seed, threads=a.threads
+    )
+    print(f"pretrained CLIP: val region accuracy {metrics['val_region_accuracy']}")
+
+
+@_command
+def cmd_text_embeddings(a: argparse.Namespace) -> None:
+    from vocabseg.approaches.fcclip_setup import ModelSpec, build_backbone, class_names, text_classifier_for, vocab_ids
+    from vocabseg.models.fcclip import save_text_classifier
+
+    ids = vocab_ids(_read_json(a.split) if a.split else None)
+    spec = ModelSpec.from_json(a.model)
+    backbone = build_backbone(spec)
+    embeddings, num_synonyms = text_classifier_for(backbone, ids)
+    save_text_classifier(a.out, embeddings, num_synonyms, class_names(ids), spec.config().clip_model)
+    print(f"text classifier: {len(ids)} classes, {embeddings.shape[0]} synonyms -> {a.out}")
+
+
+@_command
+def cmd_predict(a: argparse.Namespace) -> None:
+    import torch
+
+    from vocabseg.approaches.fcclip_setup import ModelSpec, build_model, vocab_ids
+    from vocabseg.approaches.predict import image_list, predict_panoptic
+    from vocabseg.models.fcclip import load_text_classifier
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    spec = ModelSpec.from_json(a.model)
+    trained_on = vocab_ids(_read_json(a.train_split)) if a.train_split else []
+    model = build_model(spec, a.weights)
+    n = predict_panoptic(
+        model,
+        load_text_classifier(a.text),
+        vocab_ids(None),
+        spec.seen(trained_on),
+        image_list(a.gt_json, a.image_root),
+        a.out_json,
+        a.out_folder,
+        batch_size=a.batch_size,
+    )
+    print(f"predicted {n} images")
+
+
+@_command
 def cmd_oracle(a: argparse.Namespace) -> None:
     from vocabseg.approaches.oracle import write_oracle_predictions
 
@@ -159,6 +208,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-json", type=P, required=True)
     p.add_argument("--split", type=P, required=True)
     p.add_argument("--out", type=P, required=True)
+
+    p = sub.add_parser("pretrain-clip", help="region-text pretraining of the tiny CLIP (synthetic world)")
+    p.add_argument("--raw", type=P, required=True, help="source-style city (Cityscapes layout)")
+    p.add_argument("--out", type=P, required=True)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--height", type=int, default=128)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+
+    p = sub.add_parser("text-embeddings", help="cache the text classifier of a vocabulary")
+    p.add_argument("--model", required=True, help="the study's model block as JSON")
+    p.add_argument("--split", type=P, default=None, help="split.json: its in-classes (default: all 19)")
+    p.add_argument("--out", type=P, required=True)
+
+    p = sub.add_parser("predict", help="FC-CLIP panoptic predictions on a split")
+    p.add_argument("--model", required=True, help="the study's model block as JSON")
+    p.add_argument("--weights", type=P, required=True)
+    p.add_argument("--text", type=P, required=True, help="text classifier of all 19 classes")
+    p.add_argument("--train-split", type=P, default=None, help="split.json the model was trained on")
+    p.add_argument("--gt-json", type=P, required=True, help="prepared panoptic JSON listing the images")
+    p.add_argument("--image-root", type=P, required=True, help="leftImg8bit/<split> folder")
+    p.add_argument("--out-json", type=P, required=True)
+    p.add_argument("--out-folder", type=P, required=True)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None)
 
     p = sub.add_parser("oracle", help="ground truth written as a prediction (chain check)")
     p.add_argument("--gt-json", type=P, required=True)

@@ -1,4 +1,6 @@
 # Config validation, path helpers and the approach registry lookups.
+import json
+
 import jsonschema
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -30,19 +32,28 @@ APPROACHES = config["approaches"]
 
 RAW = f"resources/{DATASET}/raw"
 PREPARED = f"resources/{DATASET}/prepared"
+SOURCE = f"{DATASET}-source"  # the synthetic world's source-style city
 RESULTS = f"results/{STUDY}"
 LOGS = f"logs/{STUDY}"
 BENCH = f"benchmarks/{STUDY}"
 CONDA_ENV = "../../envs/vocabseg.yaml"
 
+MODEL = config["model"]
+TEXT = f"{RESULTS}/text/{MODEL['preset']}"
+# The base model: the official checkpoint, or (synthetic world) pretrained here.
+PRETRAIN_BASE = MODEL["weights"] is None
+BASE_WEIGHTS = f"{RESULTS}/models/base/model.pt" if PRETRAIN_BASE else MODEL["weights"]
+CLIP_WEIGHTS = f"{RESULTS}/pretrain/clip.pt" if PRETRAIN_BASE else None
+
 
 wildcard_constraints:
-    conf="|".join(config["vocabularies"]),
+    conf="|".join(sorted(set(config["vocabularies"]) | {"000", EVAL_VOCAB})),
+    city=f"{DATASET}|{SOURCE}",
 
 
-def approaches_of_kind(kind):
-    """Names of the configured approaches of one kind, as a wildcard regex."""
-    names = [name for name, spec in APPROACHES.items() if spec["kind"] == kind]
+def approaches_of_kind(*kinds):
+    """Names of the configured approaches of the given kinds, as a wildcard regex."""
+    names = [name for name, spec in APPROACHES.items() if spec["kind"] in kinds]
     return "|".join(names) if names else "(?!)"
 
 
@@ -69,3 +80,65 @@ def run_facts(approach):
         "eval_vocab": EVAL_VOCAB,
     }
     return " ".join(f"--fact {key}={value}" for key, value in facts.items())
+
+
+def model_json():
+    """The model block for the command line, with the pretrained CLIP of the synthetic world."""
+    spec = dict(MODEL)
+    if CLIP_WEIGHTS and spec["clip_pretrained"] is None:
+        spec["clip_pretrained"] = CLIP_WEIGHTS
+    return json.dumps(spec)
+
+
+def recipe_json(iters):
+    """The training recipe of the study for `python -m vocabseg.train --recipe`."""
+    t = config["training"]
+    recipe = {
+        key: t[key]
+        for key in (
+            "batch_size",
+            "lr",
+            "weight_decay",
+            "clip_grad",
+            "schedule",
+            "warmup_iters",
+            "checkpoint_every",
+            "log_every",
+            "seed",
+            "num_points",
+        )
+    }
+    recipe["iters"] = iters
+    recipe["augment"] = {
+        "crop_size": t["crop"],
+        "min_scale": t["min_scale"],
+        "max_scale": t["max_scale"],
+        "flip": t["flip"],
+        "color_jitter": t["color_jitter"],
+    }
+    return json.dumps(recipe)
+
+
+def weights_of(approach):
+    """Final weights of a model approach (the base model for zeroshot)."""
+    if APPROACHES[approach]["kind"] == "zeroshot":
+        return BASE_WEIGHTS
+    return f"{RESULTS}/models/{approach}/model.pt"
+
+
+def train_split_of(approach):
+    """split.json of the vocabulary an approach was trained on ([] for the base model)."""
+    spec = APPROACHES[approach]
+    return [f"{RESULTS}/vocab/{spec['vocab']}/split.json"] if "vocab" in spec else []
+
+
+def nproc(wildcards, resources):
+    """Processes for torchrun: one per GPU, one on a CPU-only job."""
+    return max(1, int(resources.gpu))
+
+
+def synth_size(city):
+    """Size of a synthetic city: the study's (target style) or the pretraining source."""
+    if city == SOURCE:
+        return config["pretrain"]["source"]
+    return config["dataset"]["synthetic"]

@@ -5,19 +5,20 @@ if KIND == "synthetic":
 
     rule synth_city:
         output:
-            directory(RAW),
+            directory("resources/{city}/raw"),
         log:
-            f"logs/{DATASET}/synth_city.log",
+            "logs/{city}/synth_city.log",
         benchmark:
-            f"benchmarks/{DATASET}/synth_city.tsv"
+            "benchmarks/{city}/synth_city.tsv"
         conda:
             CONDA_ENV
         params:
-            size=config["dataset"]["synthetic"],
+            size=lambda wc: synth_size(wc.city),
+            style=lambda wc: "source" if wc.city == SOURCE else "target",
         shell:
             "vocabseg synth --root {output} --train {params.size[train]} --val {params.size[val]}"
             " --height {params.size[height]} --width {params.size[width]} --seed {params.size[seed]}"
-            " > {log} 2>&1"
+            " --style {params.style} > {log} 2>&1"
 
 else:
 
@@ -45,13 +46,13 @@ else:
 
 rule prepare:
     input:
-        RAW,
+        "resources/{city}/raw",
     output:
-        directory(PREPARED),
+        directory("resources/{city}/prepared"),
     log:
-        f"logs/{DATASET}/prepare.log",
+        "logs/{city}/prepare.log",
     benchmark:
-        f"benchmarks/{DATASET}/prepare.tsv"
+        "benchmarks/{city}/prepare.tsv"
     conda:
         CONDA_ENV
     threads: 4

@@ -19,3 +19,37 @@ rule oracle:
         "vocabseg oracle --gt-json {input}/cityscapes_panoptic_val.json"
         " --gt-folder {input}/cityscapes_panoptic_val"
         " --out-json {output.json} --out-folder {output.folder} > {log} 2>&1"
+
+
+rule predict:
+    input:
+        weights=lambda wc: weights_of(wc.approach),
+        text=f"{TEXT}/000.pt",
+        train_split=lambda wc: train_split_of(wc.approach),
+        prepared=PREPARED,
+        raw=RAW,
+    output:
+        json=f"{RESULTS}/predictions/{{approach}}/panoptic.json",
+        folder=directory(f"{RESULTS}/predictions/{{approach}}/panoptic"),
+    log:
+        f"{LOGS}/predict/{{approach}}.log",
+    benchmark:
+        f"{BENCH}/predict/{{approach}}.tsv"
+    wildcard_constraints:
+        approach=approaches_of_kind("zeroshot", "finetune"),
+    conda:
+        CONDA_ENV
+    threads: 2
+    resources:
+        gpu=0,
+    params:
+        model=model_json(),
+        train_split=lambda wc, input: (
+            f"--train-split {input.train_split}" if input.train_split else ""
+        ),
+        batch=config["inference"]["batch_size"],
+    shell:
+        "vocabseg predict --model {params.model:q} --weights {input.weights} --text {input.text}"
+        " {params.train_split} --gt-json {input.prepared}/cityscapes_panoptic_val.json"
+        " --image-root {input.raw}/leftImg8bit/val --out-json {output.json}"
+        " --out-folder {output.folder} --batch-size {params.batch} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,97 @@
+"""Panoptic predictions of an FC-CLIP model on a Cityscapes-layout split.
+
+Writes the COCO-panoptic pair that :mod:`vocabseg.evaluation` (and
+cityscapesscripts) read: ``<out_folder>/<image_id>_panoptic.png`` (segment ids as
+``R + 256 G + 256² B``, 0 = void) and ``out_json`` with one annotation per image
+whose ``segments_info`` carry Cityscapes label ids.
+
+Batched, under ``torch.no_grad``, with float16 autocast on GPU. The test vocabulary
+is always the 19 evaluated classes; the ensemble's "seen" classes are the base
+model's training classes plus the approach's own training vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm import tqdm
+
+from vocabseg.data.labels import ID_TO_LABEL
+from vocabseg.data.panoptic_dataset import read_rgb
+from vocabseg.data.panoptic_png import write_panoptic_png
+from vocabseg.errors import InputError
+from vocabseg.models.fcclip import FCCLIP, TextClassifier
+
+__all__ = ["predict_panoptic", "image_list"]
+
+
+def image_list(gt_json: Path, image_root: Path) -> list[tuple[str, Path]]:
+    """(image id, photo path) of every image of a prepared panoptic JSON."""
+    try:
+        images = json.loads(Path(gt_json).read_text())["images"]
+    except (OSError, json.JSONDecodeError, KeyError) as err:
+        raise InputError(f"{gt_json}: unreadable panoptic JSON ({err})") from None
+    out = []
+    for im in images:
+        image_id = str(im["id"])
+        out.append((image_id, Path(image_root) / image_id.split("_")[0] / f"{image_id}_leftImg8bit.png"))
+    return out
+
+
+@torch.no_grad()
+def predict_panoptic(
+    model: FCCLIP,
+    text: TextClassifier,
+    class_ids: Sequence[int],
+    seen_ids: Sequence[int],
+    images: Sequence[tuple[str, Path]],
+    out_json: Path,
+    out_folder: Path,
+    *,
+    batch_size: int = 1,
+    device: torch.device | None = None,
+) -> int:
+    """Predict every image and write the panoptic PNGs and JSON; return the count.
+
+    Args:
+        model: FC-CLIP with weights loaded.
+        text: test-vocabulary text classifier, classes in the order of ``class_ids``.
+        class_ids: label id of each text-classifier class.
+        seen_ids: label ids that get the ensemble weight for seen classes.
+        images: (image id, photo path) pairs, e.g. from :func:`image_list`.
+    """
+    if len(class_ids) != len(text.num_synonyms):
+        raise InputError(f"text classifier has {len(text.num_synonyms)} classes, expected {len(class_ids)}")
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.eval().to(device)
+    embeddings = text.embeddings.to(device)
+    seen = torch.tensor([c in set(seen_ids) for c in class_ids])
+    things = torch.tensor([ID_TO_LABEL[c].has_instances for c in class_ids])
+    out_folder = Path(out_folder)
+    out_folder.mkdir(parents=True, exist_ok=True)
+    annotations = []
+    for start in tqdm(range(0, len(images), batch_size), desc="predict", unit="batch", mininterval=5):
+        chunk = images[start : start + batch_size]
+        arrays = [read_rgb(path) for _, path in chunk]
+        sizes = [a.shape[:2] for a in arrays]
+        height, width = max(s[0] for s in sizes), max(s[1] for s in sizes)
+        batch = torch.zeros(len(arrays), 3, height, width)
+        for i, a in enumerate(arrays):
+            batch[i, :, : a.shape[0], : a.shape[1]] = torch.from_numpy(a).permute(2, 0, 1)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+            results = model.inference(
+                batch.to(device), embeddings, text.num_synonyms, seen_mask=seen, thing_mask=things, image_sizes=sizes
+            )
+        for (image_id, _), res in zip(chunk, results):
+            file_name = f"{image_id}_panoptic.png"
+            write_panoptic_png(out_folder / file_name, res["panoptic_seg"].cpu().numpy())
+            segments = [{"id": int(s["id"]), "category_id": int(class_ids[s["category"]])} for s in res["segments_info"]]
+            annotations.append({"image_id": image_id, "file_name": file_name, "segments_info": segments})
+    tmp = Path(str(out_json) + ".tmp")
+    tmp.write_text(json.dumps({"annotations": annotations}, indent=1))
+    os.replace(tmp, out_json)
+    return len(annotations)

@@ -1,0 +1,81 @@
+"""Training entry point, launched by the workflow as
+
+    torchrun --standalone --nnodes=1 --nproc_per_node=N -m vocabseg.train --kind finetune ...
+
+One process per GPU (gloo on CPU); without torchrun it runs as a single process.
+Training state (checkpoints) goes to ``--state-dir`` and is resumed automatically;
+``--out`` is written only when training is complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from vocabseg.errors import InputError
+
+KINDS = ("finetune",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vocabseg.train", description=__doc__.splitlines()[0])
+    p.add_argument("--kind", choices=KINDS, required=True, help="the approach kind")
+    p.add_argument("--model", required=True, help="the study's model block as JSON")
+    p.add_argument("--init", type=Path, default=None, help="weights to start from (the base model)")
+    p.add_argument("--text", type=Path, required=True, help="cached text classifier of the training vocabulary")
+    p.add_argument("--split", type=Path, default=None, help="split.json of the training vocabulary (default: all 19)")
+    p.add_argument("--train-json", type=Path, required=True)
+    p.add_argument("--train-folder", type=Path, required=True)
+    p.add_argument("--image-root", type=Path, required=True, help="leftImg8bit/<split> folder")
+    p.add_argument("--recipe", required=True, help="training recipe as JSON (trainer settings, augment, num_points)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--state-dir", type=Path, required=True)
+    p.add_argument("--metrics-log", type=Path, required=True)
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    return p
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
+    from vocabseg.approaches.fcclip_setup import ModelSpec, build_model, vocab_ids
+    from vocabseg.approaches.finetune import FinetuneTask
+    from vocabseg.data.panoptic_dataset import PanopticTrainDataset
+    from vocabseg.data.transforms import AugmentConfig, TrainAugment
+    from vocabseg.engine import TrainConfig, train
+    from vocabseg.models.fcclip import load_text_classifier
+
+    recipe = json.loads(args.recipe)
+    augment = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.pop("augment").items()})
+    num_points = int(recipe.pop("num_points"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = TrainConfig.from_dict(recipe)
+
+    split = json.loads(args.split.read_text()) if args.split else None
+    ids = vocab_ids(split)
+    text = load_text_classifier(args.text)
+    if len(text.num_synonyms) != len(ids):
+        raise InputError(f"{args.text}: text classifier has {len(text.num_synonyms)} classes, vocabulary {len(ids)}")
+    spec = ModelSpec.from_json(args.model)
+    model = build_model(spec, args.init)
+    dataset = PanopticTrainDataset(args.train_json, args.train_folder, args.image_root, ids, TrainAugment(augment))
+    task = FinetuneTask(model, text, num_points=num_points)
+    train(task, dataset, cfg, out=args.out, state_dir=args.state_dir, metrics_log=args.metrics_log)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

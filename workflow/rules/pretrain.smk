@@ -1,0 +1,74 @@
+# The synthetic world's base model, standing in for the official COCO weights:
+# a tiny CLIP pretrained on image regions of the source-style city, then a tiny
+# FC-CLIP trained on that city with all 19 classes.
+
+
+if PRETRAIN_BASE:
+
+    rule pretrain_clip:
+        input:
+            f"resources/{SOURCE}/raw",
+        output:
+            CLIP_WEIGHTS,
+        log:
+            f"{LOGS}/pretrain_clip.log",
+        benchmark:
+            f"{BENCH}/pretrain_clip.tsv"
+        conda:
+            CONDA_ENV
+        threads: 2
+        params:
+            steps=config["pretrain"]["clip_steps"],
+        shell:
+            "vocabseg pretrain-clip --raw {input} --out {output} --steps {params.steps}"
+            " --threads {threads} > {log} 2>&1"
+
+    rule pretrain_base:
+        input:
+            clip=CLIP_WEIGHTS,
+            prepared=f"resources/{SOURCE}/prepared",
+            raw=f"resources/{SOURCE}/raw",
+            text=f"{TEXT}/000.pt",
+        output:
+            BASE_WEIGHTS,
+        log:
+            f"{LOGS}/pretrain_base.log",
+        benchmark:
+            f"{BENCH}/pretrain_base.tsv"
+        conda:
+            CONDA_ENV
+        threads: 2
+        resources:
+            gpu=0,
+        params:
+            model=model_json(),
+            recipe=recipe_json(config["pretrain"]["base_iters"]),
+            state=f"{RESULTS}/models/base/ckpt",
+            nproc=nproc,
+        shell:
+            "torchrun --standalone --nnodes=1 --nproc_per_node={params.nproc} -m vocabseg.train"
+            " --kind finetune --model {params.model:q} --text {input.text}"
+            " --train-json {input.prepared}/cityscapes_panoptic_train.json"
+            " --train-folder {input.prepared}/cityscapes_panoptic_train"
+            " --image-root {input.raw}/leftImg8bit/train --recipe {params.recipe:q}"
+            " --out {output} --state-dir {params.state} --metrics-log {params.state}/metrics.jsonl"
+            " --threads {threads} > {log} 2>&1"
+
+else:
+
+    rule official_weights:
+        output:
+            BASE_WEIGHTS,
+        log:
+            f"{LOGS}/official_weights.log",
+        conda:
+            CONDA_ENV
+        params:
+            message=(
+                f"The official FC-CLIP checkpoint {BASE_WEIGHTS} (model.weights) is missing. "
+                "Download it from the FC-CLIP model zoo (README of github.com/bytedance/fc-clip: "
+                "fcclip_cocopan_r50.pth for R50, fcclip_cocopan.pth for ConvNeXt-L) and put it "
+                f"at {BASE_WEIGHTS}, or point model.weights in the study config to it."
+            ),
+        shell:
+            "echo {params.message:q} | tee {log} >&2; exit 1"
