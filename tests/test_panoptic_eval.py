@@ -20,7 +20,8 @@ from vocabseg.data.labels import STUFF_IDS, THING_IDS
 from vocabseg.errors import InputError
 from vocabseg.evaluation import evaluate_panoptic, write_metrics
 from vocabseg.evaluation import panoptic as pan
-from vocabseg.evaluation.io import load_json, read_panoptic_png
+from vocabseg.data.panoptic_png import read_panoptic_png
+from vocabseg.fileio import read_json
 from vocabseg.evaluation.synthetic import gt_segments_info, ids_to_rgb, write_dataset
 
 TOL = 1e-12
@@ -73,7 +74,7 @@ def write_ids(path: Path, ids: np.ndarray) -> None:
 
 def stats_of(ds) -> tuple[pan.Categories, pan.ImageStats]:
     """Categories and accumulated per-category counts of ``ds`` (internal API)."""
-    gt, pred = load_json(ds.gt_json), load_json(ds.pred_json)
+    gt, pred = read_json(ds.gt_json), read_json(ds.pred_json)
     categories = pan.Categories.from_gt_json(gt)
     tasks = pan.build_tasks(gt, ds.gt_json, ds.gt_folder, pred, ds.pred_json, ds.pred_folder)
     return categories, pan.accumulate(tasks, len(categories.ids))
@@ -115,7 +116,7 @@ def test_data_exercise_every_rule(tmp_path):
     ds = write_dataset(tmp_path / "data", n_images=5, seed=0)
     _, total = stats_of(ds)
     assert total.tp.sum() > 0 and total.fp.sum() > 0 and total.fn.sum() > 0
-    gt, pred = load_json(ds.gt_json), load_json(ds.pred_json)
+    gt, pred = read_json(ds.gt_json), read_json(ds.pred_json)
     assert any(s["iscrowd"] for a in gt["annotations"] for s in a["segments_info"])
     without_gt = [
         {s["category_id"] for s in p["segments_info"]}
@@ -128,7 +129,7 @@ def test_data_exercise_every_rule(tmp_path):
 def test_irregular_inputs_match_cityscapesscripts(tmp_path):
     """Odd but legal inputs behave like the reference."""
     ds = write_dataset(tmp_path / "data", n_images=3, seed=5)
-    gt = load_json(ds.gt_json)
+    gt = read_json(ds.gt_json)
     first = gt["annotations"][0]
     # a GT PNG id that the GT JSON lacks (ignored, not VOID)
     ids = read_panoptic_png(ds.gt_folder / first["file_name"])
@@ -161,8 +162,8 @@ def test_last_crowd_segment_of_a_category_counts(tmp_path):
     COCO-style GT may have several.)
     """
     ds = write_dataset(tmp_path / "data", n_images=1, seed=6)
-    gt_ann = load_json(ds.gt_json)["annotations"][0]
-    pred_ann = load_json(ds.pred_json)["annotations"][0]
+    gt_ann = read_json(ds.gt_json)["annotations"][0]
+    pred_ann = read_json(ds.pred_json)["annotations"][0]
     gt_ids = read_panoptic_png(ds.gt_folder / gt_ann["file_name"])
     pred_ids = read_panoptic_png(ds.pred_folder / pred_ann["file_name"])
     gt_ids[10:30, 10:40] = 32  # first crowd region of "motorcycle"
@@ -262,7 +263,7 @@ def semantic_confusion_direct(ds, category_ids: list[int]) -> np.ndarray:
     """(K, K + 1) confusion from per-pixel category maps built straight from the files."""
     k = len(category_ids)
     index = {c: i for i, c in enumerate(category_ids)}
-    gt, pred = load_json(ds.gt_json), load_json(ds.pred_json)
+    gt, pred = read_json(ds.gt_json), read_json(ds.pred_json)
     predictions = {a["image_id"]: a for a in pred["annotations"]}
     confusion = np.zeros((k, k + 1), dtype=np.int64)
     for gt_ann in gt["annotations"]:
@@ -285,7 +286,7 @@ def semantic_confusion_direct(ds, category_ids: list[int]) -> np.ndarray:
 
 def test_semantic_iou_matches_direct_computation(tmp_path):
     ds = write_dataset(tmp_path / "data", n_images=4, seed=3, empty_images=1)
-    categories = [c["id"] for c in load_json(ds.gt_json)["categories"]]
+    categories = [c["id"] for c in read_json(ds.gt_json)["categories"]]
     confusion = semantic_confusion_direct(ds, categories)
     k = len(categories)
     tp = np.diag(confusion[:, :k])
@@ -330,7 +331,7 @@ def test_png_id_missing_from_json(small_ds):
     edit_json(small_ds.pred_json, drop)
     with pytest.raises(InputError, match="in the PNG but not in its segments_info") as err:
         ours(small_ds)
-    png = load_json(small_ds.pred_json)["annotations"][0]["file_name"]
+    png = read_json(small_ds.pred_json)["annotations"][0]["file_name"]
     assert png in str(err.value) and str(dropped["id"]) in str(err.value)
 
 
@@ -341,7 +342,7 @@ def test_json_segment_missing_from_png(small_ds):
     edit_json(small_ds.pred_json, add)
     with pytest.raises(InputError, match="not in the PNG") as err:
         ours(small_ds)
-    png = load_json(small_ds.pred_json)["annotations"][0]["file_name"]
+    png = read_json(small_ds.pred_json)["annotations"][0]["file_name"]
     assert png in str(err.value) and "4242" in str(err.value)
 
 
@@ -355,7 +356,7 @@ def test_unknown_category(small_ds):
 
 
 def test_size_mismatch(small_ds):
-    pred = load_json(small_ds.pred_json)["annotations"][0]
+    pred = read_json(small_ds.pred_json)["annotations"][0]
     path = small_ds.pred_folder / pred["file_name"]
     write_ids(path, read_panoptic_png(path)[:, :-1])
     with pytest.raises(InputError, match="size") as err:
@@ -366,7 +367,7 @@ def test_size_mismatch(small_ds):
 @pytest.mark.parametrize("decoder", DECODERS)
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "bitflip"])
 def test_damaged_png_names_the_file(small_ds, decoder, damage):
-    pred = load_json(small_ds.pred_json)["annotations"][1]
+    pred = read_json(small_ds.pred_json)["annotations"][1]
     path = small_ds.pred_folder / pred["file_name"]
     data = bytearray(path.read_bytes())
     if damage == "truncated":
@@ -384,7 +385,7 @@ def test_damaged_png_names_the_file(small_ds, decoder, damage):
 
 @pytest.mark.parametrize("decoder", DECODERS)
 def test_truncated_png_raises_in_workers_too(small_ds, decoder):
-    pred = load_json(small_ds.pred_json)["annotations"][2]
+    pred = read_json(small_ds.pred_json)["annotations"][2]
     path = small_ds.pred_folder / pred["file_name"]
     path.write_bytes(path.read_bytes()[:-40])
     with pytest.raises(InputError, match=pred["file_name"]):
@@ -422,7 +423,7 @@ def test_png_non_rgb_modes_are_rejected(tmp_path, decoder, mode):
 def test_missing_files_are_input_errors(small_ds, tmp_path):
     with pytest.raises(InputError, match="absent.png"):
         read_panoptic_png(tmp_path / "absent.png")
-    pred = load_json(small_ds.pred_json)["annotations"][0]
+    pred = read_json(small_ds.pred_json)["annotations"][0]
     (small_ds.pred_folder / pred["file_name"]).unlink()
     with pytest.raises(InputError, match=pred["file_name"]):
         ours(small_ds)

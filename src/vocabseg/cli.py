@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from vocabseg.errors import InputError
+from vocabseg.fileio import read_json
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {}
 
@@ -66,7 +67,7 @@ def cmd_class_frequency(a: argparse.Namespace) -> None:
     from vocabseg.data.stats import class_frequencies
     from vocabseg.report.figures import plot_class_frequency
 
-    split = _read_json(a.split)
+    split = read_json(a.split)
     stats = {"train": class_frequencies(a.train_json), "val": class_frequencies(a.val_json)}
     plot_class_frequency(stats, split, a.out)
 
@@ -86,7 +87,7 @@ def cmd_text_embeddings(a: argparse.Namespace) -> None:
     from vocabseg.approaches.fcclip_setup import ModelSpec, build_backbone, class_names, text_classifier_for, vocab_ids
     from vocabseg.models.fcclip import save_text_classifier
 
-    ids = vocab_ids(_read_json(a.split) if a.split else None)
+    ids = vocab_ids(read_json(a.split) if a.split else None)
     spec = ModelSpec.from_json(a.model)
     backbone = build_backbone(spec)
     embeddings, num_synonyms = text_classifier_for(backbone, ids)
@@ -105,7 +106,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     spec = ModelSpec.from_json(a.model)
-    trained_on = vocab_ids(_read_json(a.train_split)) if a.train_split else []
+    trained_on = vocab_ids(read_json(a.train_split)) if a.train_split else []
     model = build_model(spec, a.weights)
     n = predict_panoptic(
         model,
@@ -132,7 +133,7 @@ def cmd_oracle(a: argparse.Namespace) -> None:
 def cmd_evaluate_panoptic(a: argparse.Namespace) -> None:
     from vocabseg.evaluation.panoptic import evaluate_panoptic, write_metrics
 
-    split = _read_json(a.split) if a.split else None
+    split = read_json(a.split) if a.split else None
     results = evaluate_panoptic(a.gt_json, a.gt_folder, a.pred_json, a.pred_folder, split=split, threads=a.threads)
     if a.fact:
         results["run"] = dict(_parse_fact(f) for f in a.fact)
@@ -150,13 +151,6 @@ def cmd_report(a: argparse.Namespace) -> None:
 
     frame = write_report(a.metrics, a.table_md, a.table_csv, a.bars, a.title)
     print(f"{len(frame)} rows written to {a.table_md}")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: unreadable JSON ({err})") from None
 
 
 def _parse_fact(text: str) -> tuple[str, object]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from vocabseg.errors import InputError
+from vocabseg.fileio import read_json
 
 KINDS = ("finetune",)
 
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig.from_dict(recipe)
 
-    split = json.loads(args.split.read_text()) if args.split else None
+    split = read_json(args.split) if args.split else None
     ids = vocab_ids(split)
     text = load_text_classifier(args.text)
     if len(text.num_synonyms) != len(ids):

@@ -8,22 +8,18 @@ and are therefore ignored by the evaluator, as any prediction there would be.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from vocabseg.data.panoptic_png import read_panoptic_png, write_panoptic_png
 from vocabseg.errors import InputError
+from vocabseg.fileio import read_json, write_json_atomic
 
 __all__ = ["write_oracle_predictions"]
 
 
 def write_oracle_predictions(gt_json: Path, gt_folder: Path, out_json: Path, out_folder: Path) -> int:
     """Write the ground truth in the prediction format; return the image count."""
-    try:
-        gt = json.loads(Path(gt_json).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(f"{gt_json}: unreadable panoptic JSON ({err})") from None
+    gt = read_json(gt_json)
     out_folder = Path(out_folder)
     out_folder.mkdir(parents=True, exist_ok=True)
     annotations = []
@@ -34,7 +30,5 @@ def write_oracle_predictions(gt_json: Path, gt_folder: Path, out_json: Path, out
         write_panoptic_png(out_folder / ann["file_name"], read_panoptic_png(src))
         segments = [{"id": s["id"], "category_id": s["category_id"]} for s in ann["segments_info"]]
         annotations.append({"image_id": ann["image_id"], "file_name": ann["file_name"], "segments_info": segments})
-    tmp = Path(str(out_json) + ".tmp")
-    tmp.write_text(json.dumps({"annotations": annotations}, indent=1))
-    os.replace(tmp, out_json)
+    write_json_atomic({"annotations": annotations}, out_json, indent=1)
     return len(annotations)

@@ -12,8 +12,6 @@ model's training classes plus the approach's own training vocabulary.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +22,7 @@ from vocabseg.data.labels import ID_TO_LABEL
 from vocabseg.data.panoptic_dataset import read_rgb
 from vocabseg.data.panoptic_png import write_panoptic_png
 from vocabseg.errors import InputError
+from vocabseg.fileio import read_json, write_json_atomic
 from vocabseg.models.fcclip import FCCLIP, TextClassifier
 
 __all__ = ["predict_panoptic", "image_list"]
@@ -31,10 +30,9 @@ __all__ = ["predict_panoptic", "image_list"]
 
 def image_list(gt_json: Path, image_root: Path) -> list[tuple[str, Path]]:
     """(image id, photo path) of every image of a prepared panoptic JSON."""
-    try:
-        images = json.loads(Path(gt_json).read_text())["images"]
-    except (OSError, json.JSONDecodeError, KeyError) as err:
-        raise InputError(f"{gt_json}: unreadable panoptic JSON ({err})") from None
+    images = read_json(gt_json).get("images")
+    if not isinstance(images, list):
+        raise InputError(f"{gt_json}: panoptic JSON without an 'images' list")
     out = []
     for im in images:
         image_id = str(im["id"])
@@ -91,7 +89,5 @@ def predict_panoptic(
             write_panoptic_png(out_folder / file_name, res["panoptic_seg"].cpu().numpy())
             segments = [{"id": int(s["id"]), "category_id": int(class_ids[s["category"]])} for s in res["segments_info"]]
             annotations.append({"image_id": image_id, "file_name": file_name, "segments_info": segments})
-    tmp = Path(str(out_json) + ".tmp")
-    tmp.write_text(json.dumps({"annotations": annotations}, indent=1))
-    os.replace(tmp, out_json)
+    write_json_atomic({"annotations": annotations}, out_json, indent=1)
     return len(annotations)

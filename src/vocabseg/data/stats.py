@@ -6,11 +6,10 @@ it costs nothing even on the full Cityscapes training set.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from vocabseg.data.labels import EVAL_LABELS
-from vocabseg.errors import InputError
+from vocabseg.fileio import read_json
 
 __all__ = ["class_frequencies"]
 
@@ -22,10 +21,7 @@ def class_frequencies(panoptic_json: Path) -> dict[int, dict[str, float]]:
     ``pixel_share`` divides it by all labelled (non-void) pixels; ``instances``
     counts non-crowd segments of thing classes (0 for stuff classes).
     """
-    try:
-        gt = json.loads(Path(panoptic_json).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(f"{panoptic_json}: unreadable panoptic JSON ({err})") from None
+    gt = read_json(panoptic_json)
     stats = {lb.id: {"pixels": 0, "pixel_share": 0.0, "instances": 0} for lb in EVAL_LABELS}
     things = {lb.id for lb in EVAL_LABELS if lb.has_instances}
     for ann in gt["annotations"]:

@@ -23,7 +23,6 @@ conf    deleted label ids
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 from vocabseg.data.labels import EVAL_LABELS, ID_TO_LABEL
 from vocabseg.data.panoptic_png import read_panoptic_png, write_panoptic_png
 from vocabseg.errors import InputError
+from vocabseg.fileio import read_json, write_json_atomic
 
 __all__ = ["VOCAB_CONFIGS", "make_split", "write_vocab_split"]
 
@@ -57,12 +57,6 @@ def make_split(conf: str) -> dict:
     }
 
 
-def _write_json(data: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
@@ -84,10 +78,7 @@ def write_vocab_split(
     """
     split = make_split(conf)
     deleted = set(split["deleted_ids"])
-    try:
-        gt = json.loads(Path(train_json).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(f"{train_json}: unreadable panoptic JSON ({err})") from None
+    gt = read_json(train_json)
 
     tmp_folder = gt_folder_out.with_name(gt_folder_out.name + ".tmp")
     shutil.rmtree(tmp_folder, ignore_errors=True)
@@ -108,6 +99,6 @@ def write_vocab_split(
 
     shutil.rmtree(gt_folder_out, ignore_errors=True)
     tmp_folder.rename(gt_folder_out)
-    _write_json({**gt, "annotations": annotations}, Path(gt_json_out))
-    _write_json(split, Path(split_out))
+    write_json_atomic({**gt, "annotations": annotations}, Path(gt_json_out))
+    write_json_atomic(split, Path(split_out))
     return split

@@ -74,7 +74,7 @@ import numpy as np
 
 from vocabseg.errors import InputError
 from vocabseg.data.panoptic_png import DECODERS, read_panoptic_png
-from vocabseg.evaluation.io import load_json, write_json_atomic
+from vocabseg.fileio import read_json, write_json_atomic
 from vocabseg.evaluation.semantic import confusion_from_histogram, semantic_metrics
 
 __all__ = [
@@ -550,7 +550,7 @@ def evaluate_panoptic(
 
     ``split`` is the content of a ``split.json`` (adds the ``In`` and ``Out`` groups);
     ``threads`` is the maximum number of worker processes (1: no pool); ``decoder``
-    picks the PNG decoder (see :mod:`vocabseg.evaluation.io`; all give the same ids).
+    picks the PNG decoder (see :mod:`vocabseg.data.panoptic_png`; all give the same ids).
     """
     if not isinstance(threads, int) or threads < 1:
         raise InputError(f"threads must be a positive integer, got {threads!r}")
@@ -562,7 +562,7 @@ def evaluate_panoptic(
     for folder in (gt_folder, pred_folder):
         if not folder.is_dir():
             raise InputError(f"panoptic PNG folder {folder} does not exist")
-    gt, pred = load_json(gt_json), load_json(pred_json)
+    gt, pred = read_json(gt_json), read_json(pred_json)
     _require_lists(gt, ("categories", "annotations"), gt_json)
     _require_lists(pred, ("annotations",), pred_json)
     try:

@@ -8,8 +8,6 @@ main table, per-class PQ. A group without any class (``n == 0``) prints as ``-``
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +15,7 @@ import pandas as pd
 
 from vocabseg.data.labels import EVAL_LABELS
 from vocabseg.errors import InputError
+from vocabseg.fileio import read_json, write_text_atomic
 from vocabseg.report.figures import plot_pq_bars
 
 __all__ = ["load_metrics", "results_frame", "write_report"]
@@ -26,10 +25,7 @@ _FACTS = ("study", "dataset", "backbone", "vocab", "iterations")
 
 def load_metrics(path: Path) -> dict:
     """Read one metrics JSON; raise :class:`InputError` naming it if unreadable."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: unreadable metrics JSON ({err})") from None
+    data = read_json(path)
     for key in ("All", "per_class"):
         if key not in data:
             raise InputError(f"{path}: metrics JSON has no {key!r} entry")
@@ -95,13 +91,8 @@ def write_report(metrics_files: Sequence[Path], table_md: Path, table_csv: Path,
             _markdown(frame.rename(columns=lambda c: c.removeprefix("pq/")), [c.removeprefix("pq/") for c in per_class]),
         ]
     )
-    for path, write in (
-        (table_md, lambda p: Path(p).write_text(text + "\n")),
-        (table_csv, lambda p: frame.to_csv(p, index=False, float_format="%.3f")),
-    ):
-        tmp = Path(str(path) + ".tmp")
-        write(tmp)
-        os.replace(tmp, path)
+    write_text_atomic(text + "\n", table_md)
+    write_text_atomic(frame.to_csv(index=False, float_format="%.3f"), table_csv)
     plot_pq_bars(
         list(frame["approach"]),
         {"All": list(frame["PQ"]), "In": list(frame["PQ In"]), "Out": list(frame["PQ Out"])},

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from vocabseg.errors import InputError
+from vocabseg.fileio import torch_save_atomic
 
 __all__ = ["load_fcclip_checkpoint", "save_fcclip_checkpoint", "model_fingerprint", "LoadReport"]
 
@@ -109,20 +109,7 @@ def save_fcclip_checkpoint(model: nn.Module, path: str | os.PathLike, *, include
     state = {
         k: v.detach().to("cpu") for k, v in model.state_dict().items() if include_text_tower or not _kept_from_model(k)
     }
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"model": state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    torch_save_atomic({"model": state}, path)
 
 
 def model_fingerprint(state_dict: Mapping[str, Tensor], length: int = 16) -> str:

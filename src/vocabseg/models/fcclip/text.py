@@ -10,7 +10,6 @@ logit is the max over them (upstream calls this count ``num_templates``).
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vocabseg.errors import InputError
+from vocabseg.fileio import torch_save_atomic
 
 __all__ = [
     "VILD_TEMPLATES",
@@ -175,20 +175,7 @@ def save_text_classifier(
         "clip_model": str(clip_model),
         "templates": list(VILD_TEMPLATES),
     }
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    torch_save_atomic(payload, path)
 
 
 def load_text_classifier(path: str | os.PathLike, *, expect_clip_model: str | None = None) -> TextClassifier:

@@ -1,0 +1,72 @@
+"""Reading JSON and writing result files atomically: the one home of file I/O helpers.
+
+A job killed half-way (preemption, walltime, Ctrl-C) must never leave a truncated
+file under its final name, since Snakemake and the next attempt would trust it. So
+everything is written to a temporary file in the same folder, flushed to disk and
+then renamed over the target with :func:`os.replace`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from vocabseg.errors import InputError
+
+__all__ = ["read_json", "atomic_path", "write_json_atomic", "write_text_atomic", "torch_save_atomic"]
+
+
+def read_json(path: Path | str) -> Any:
+    """Parse the JSON file at ``path``; :class:`InputError` naming the file if that fails."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InputError(f"{path}: unreadable JSON ({exc})") from None
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``.
+
+    On an exception the temporary file is removed and ``path`` is left as it was.
+    The file is made readable by everyone (``mkstemp`` creates it 0600).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(text: str, path: Path | str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(data: Any, path: Path | str, *, indent: int = 4) -> None:
+    """Write ``data`` as key-sorted JSON to ``path`` atomically."""
+    write_text_atomic(json.dumps(data, sort_keys=True, indent=indent) + "\n", path)
+
+
+def torch_save_atomic(obj: Any, path: Path | str) -> None:
+    """``torch.save`` to ``path`` atomically (plain tensors and containers only)."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
