@@ -367,17 +367,6 @@ def test_fast_core_equals_reference_float32_larger():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=name)
 
 
-def test_fast_core_backward_in_chunks(monkeypatch):
-    """The corner dot products are gathered in chunks of bags; a ragged last chunk is fine."""
-    value, shapes, locations, weights = _core_inputs(torch.float64, 4)
-    grad_out = torch.randn(2, 9, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    ref = _value_and_grads(ms_deform_attn_reference, value, shapes, locations, weights, grad_out)
-    monkeypatch.setattr(msda, "_BACKWARD_CHUNK", 5)  # 36 bags -> 8 chunks, the last one of 1
-    ours = _value_and_grads(ms_deform_attn, value, shapes, locations, weights, grad_out)
-    for name, a, b in zip(("output", "d value", "d locations", "d weights"), ours, ref):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
-
-
 def test_fast_core_gradcheck():
     gen = torch.Generator().manual_seed(7)
     shapes = torch.tensor([[2, 3], [3, 5]])

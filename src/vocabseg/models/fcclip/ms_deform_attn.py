@@ -21,8 +21,9 @@ Two implementations with one signature:
   output. The backward pass is hand-written: the value gradient is the transposed
   gather, done by sorting the samples by their top-left corner and running
   ``embedding_bag`` over the output gradient once per corner; the gradients of the
-  locations and attention weights come from the corner/output-gradient dot
-  products, computed in chunks.
+  locations and attention weights come from the dot products of the output
+  gradient with the corner values (autograd's per-sample-weight gradient of the
+  same ``embedding_bag``).
 """
 
 from __future__ import annotations
@@ -36,9 +37,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["MSDeformAttn", "ms_deform_attn", "ms_deform_attn_reference"]
-
-# Queries (x heads) per chunk when gathering the corner values in the backward pass.
-_BACKWARD_CHUNK = 2048
 
 
 def _level_shapes(spatial_shapes: Tensor | Sequence[Sequence[int]]) -> list[tuple[int, int]]:
@@ -107,8 +105,8 @@ class _Layout:
     Every level is stored as an (H+2) x (W+2) map whose one-pixel border is zero, so
     all four bilinear corners of a sample whose top-left corner lies in
     [-1, W-1] x [-1, H-1] are rows of the table. The table is head-major: the row of
-    (n, head m, padded position s) is ``(n * M + m) * S_pad + s``, so the two corners
-    of a sample on one image row are adjacent rows. Per-sample constants are vectors
+    (n, head m, padded position s) is ``(n * M + m) * S_pad + s``, so all rows read
+    by one (query, head) lie in one block of the table. Per-sample constants are vectors
     over the ``K = L * P`` samples of one (query, head), level-major like the inputs.
     """
 
@@ -181,12 +179,11 @@ class _Layout:
         rows += self.head_offset
         return rows, fx, fy, inside
 
-    def corner_rows(self, rows: Tensor, corners: int = 4) -> Tensor:
-        """[B, K] top-left rows -> [B, corners, K] rows of the corners (y0,x0), (y0,x1),
-        (y1,x0), (y1,x1); with ``corners=2`` only the left ones (y0,x0), (y1,x0)."""
-        out = rows.new_empty(rows.shape[0], corners, rows.shape[1])
-        for i, c in enumerate((0, 1, 2, 3) if corners == 4 else (0, 2)):
-            torch.add(rows, self.corner_offsets[c], out=out[:, i])
+    def corner_rows(self, rows: Tensor) -> Tensor:
+        """[B, K] top-left rows -> [B, 4, K] rows of the corners (y0,x0), (y0,x1), (y1,x0), (y1,x1)."""
+        out = rows.new_empty(rows.shape[0], 4, rows.shape[1])
+        for c in range(4):
+            torch.add(rows, self.corner_offsets[c], out=out[:, c])
         return out
 
 
@@ -240,9 +237,9 @@ class _DeformAttnFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_value = _value_grad(grad_out, rows, fx, fy, effective, layout)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            dots = _corner_dots(grad_out, padded.view(-1, d), layout.corner_rows(rows, 2))  # [B, 2 (y), K, 2 (x)]
-            dots *= inside[:, None, :, None]  # out-of-range samples point at arbitrary rows
-            (d00, d01), (d10, d11) = (pair.unbind(-1) for pair in dots.unbind(1))
+            dots = _corner_dots(grad_out, padded.view(-1, d), layout.corner_rows(rows))  # [B, 4, K]
+            dots *= inside[:, None, :]  # out-of-range samples point at arbitrary rows
+            d00, d01, d10, d11 = dots.unbind(1)
             top = torch.lerp(d00, d01, fx)  # interpolated along x on row y0
             bottom = torch.lerp(d10, d11, fx)
             if ctx.needs_input_grad[2]:
@@ -258,26 +255,21 @@ class _DeformAttnFunction(torch.autograd.Function):
         return grad_value, grad_loc, grad_weights, None
 
 
-def _corner_dots(grad_out: Tensor, table: Tensor, left_rows: Tensor) -> Tensor:
-    """<grad_out[b], table[row]> for the four corners of every sample: [B, 2 (y), K, 2 (x)].
+def _corner_dots(grad_out: Tensor, table: Tensor, corner_rows: Tensor) -> Tensor:
+    """<grad_out[b], table[corner_rows[b, c, k]]> for every bag b: [B, 4, K].
 
-    ``left_rows`` [B, 2, K] are the rows of the corners (y0, x0), (y1, x0); the x1
-    corners are the next rows, so each pair is gathered as one row of an
-    overlapping [rows - 1, 2 * D] view of the table.
+    These are the gradients of the embedding_bag output w.r.t. its per-sample
+    weights, so autograd's fused kernel computes them in one pass (no gathered
+    [B, 4 K, D] intermediate, and a single parallel region, which matters when the
+    cores are shared).
     """
-    bags, _, k = left_rows.shape
-    d = table.shape[1]
-    pairs = table.as_strided((table.shape[0] - 1, 2 * d), (d, 1))
-    dots = grad_out.new_empty(bags, 2, k, 2)
-    chunk = min(_BACKWARD_CHUNK, bags)
-    buffer = table.new_empty(chunk * 2 * k, 2 * d)  # reused: no allocation per chunk
-    for start in range(0, bags, chunk):
-        stop = min(start + chunk, bags)
-        gathered = buffer[: (stop - start) * 2 * k]
-        torch.index_select(pairs, 0, left_rows[start:stop].reshape(-1), out=gathered)
-        gathered = gathered.view(stop - start, 2, k, 2, d)
-        gathered *= grad_out[start:stop, None, None, None, :]
-        torch.sum(gathered, dim=-1, out=dots[start:stop])
+    ones = torch.ones(corner_rows.shape, dtype=table.dtype, device=table.device, requires_grad=True)
+    bags = corner_rows.shape[0]
+    with torch.enable_grad():
+        out = F.embedding_bag(
+            corner_rows.view(bags, -1), table.detach(), per_sample_weights=ones.view(bags, -1), mode="sum"
+        )
+        (dots,) = torch.autograd.grad(out, ones, grad_out)
     return dots
 
 
