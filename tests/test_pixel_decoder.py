@@ -28,6 +28,12 @@ STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 CONVNEXT_L_CHANNELS = {"res2": 192, "res3": 384, "res4": 768, "res5": 1536}
 
 
+# ------------------------------------------------------------------ cores
+# Power-of-two level sizes: every location below is a dyadic rational, so the
+# reference's (2 * loc - 1 + 1) * W / 2 - 1/2 and our loc * W - 1/2 agree exactly.
+SHAPES = torch.tensor([[2, 4], [4, 8], [8, 4]])
+
+
 def _border_values(size: int) -> list[float]:
     """Normalised coordinates on and around the edges and pixel centres of a map of ``size``."""
     return [
