@@ -31,7 +31,9 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def city(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("city")
-    generate_city(root, split_sizes={"train": 8, "val": 4}, height=SIZE[0], width=SIZE[1], seed=3, style="source")
+    generate_city(
+        root, split_sizes={"train": 8, "val": 4}, height=SIZE[0], width=SIZE[1], seed=3, style="source"
+    )
     return root
 
 
@@ -148,11 +150,13 @@ def test_same_seed_gives_identical_weights(city, tmp_path):
     wa = torch.load(tmp_path / "a.pt", weights_only=True)
     wb = torch.load(tmp_path / "b.pt", weights_only=True)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    c = pretrain_clip_regions(city, tmp_path / "c.pt", **{**kwargs, "seed": 6})
+    pretrain_clip_regions(city, tmp_path / "c.pt", **{**kwargs, "seed": 6})
     wc = torch.load(tmp_path / "c.pt", weights_only=True)
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
 def test_thread_setting_is_scoped(city, tmp_path):
-    pretrain_clip_regions(city, tmp_path / "t.pt", steps=1, batch_images=2, image_size=SIZE, threads=2, log=None)
+    pretrain_clip_regions(
+        city, tmp_path / "t.pt", steps=1, batch_images=2, image_size=SIZE, threads=2, log=None
+    )
     assert torch.get_num_threads() == 1
