@@ -207,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", type=P, required=True, help="source-style city (Cityscapes layout)")
     p.add_argument("--out", type=P, required=True)
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--height", type=int, default=128)
-    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--height", type=int, default=256, help="training image size: the study's image size")
+    p.add_argument("--width", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
 

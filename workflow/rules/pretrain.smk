@@ -19,8 +19,11 @@ if PRETRAIN_BASE:
         threads: 2
         params:
             steps=config["pretrain"]["clip_steps"],
+            # the resolution FC-CLIP later sees: region features do not carry over sizes
+            size=config["dataset"]["synthetic"],
         shell:
             "vocabseg pretrain-clip --raw {input} --out {output} --steps {params.steps}"
+            " --height {params.size[height]} --width {params.size[width]}"
             " --threads {threads} > {log} 2>&1"
 
     rule pretrain_base:
