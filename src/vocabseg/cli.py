@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from vocabseg.errors import InputError
+from vocabseg.errors import InputError, run_reporting_input_errors
 from vocabseg.fileio import read_json
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {}
@@ -256,12 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        _COMMANDS[args.command](args)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return run_reporting_input_errors(_COMMANDS[args.command], args)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from vocabseg.errors import InputError
+from vocabseg.errors import InputError, run_reporting_input_errors
 from vocabseg.fileio import read_json
 
 KINDS = ("finetune",)
@@ -70,12 +70,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return run_reporting_input_errors(run, args)
 
 
 if __name__ == "__main__":
