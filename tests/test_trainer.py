@@ -1,20 +1,15 @@
 """The shared trainer on a tiny real segmentation task (a per-pixel classifier).
 
 Runs that must be killed, preempted or distributed execute this file as a script
-(``python tests/test_trainer.py --dir D ...``) in subprocesses.
+(``python tests/test_trainer.py --dir D ...``) in subprocesses (helpers shared with
+``tests/test_fcclip_training.py`` in ``tests/trainer_helpers.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,10 +18,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vocabseg.engine import Preempted, TrainConfig, train
+from vocabseg.engine import TrainConfig, train
 from vocabseg.engine import trainer as trainer_module
 from vocabseg.engine.trainer import batch_plan, find_checkpoint, lr_factor, param_groups
 from vocabseg.errors import InputError
+
+from trainer_helpers import (
+    assert_bitwise_equal,
+    ddp_env,
+    free_port,
+    one_thread,
+    read_metrics,
+    run_paths,
+    start_run,
+    train_and_exit,
+    wait_for,
+)
 
 K = 3  # classes: background, rectangle, disc
 SIZE = 24
@@ -104,64 +111,15 @@ class ToyTask:
         torch.save(model.state_dict(), path)
 
 
-def _paths(folder: Path) -> dict:
-    return {
-        "out": folder / "model.pt",
-        "state_dir": folder / "state",
-        "metrics_log": folder / "metrics.jsonl",
-    }
-
-
-@contextlib.contextmanager
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the subprocesses use one thread too: bitwise comparable
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def run_inprocess(folder: Path, **overrides) -> ToyTask:
     task = ToyTask()
-    with _one_thread():
-        train(task, ShapesDataset(), TrainConfig(**{**BASE, **overrides}), **_paths(folder))
+    with one_thread():
+        train(task, ShapesDataset(), TrainConfig(**{**BASE, **overrides}), **run_paths(folder))
     return task
 
 
 def _weights(path: Path) -> dict:
     return torch.load(path, weights_only=True)
-
-
-def _assert_bitwise_equal(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-
-
-def _metrics(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-
-
-def _start(folder: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--dir", str(folder), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"training exited early ({proc.returncode}): {proc.stderr.read()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"{path} did not appear")
-        time.sleep(0.01)
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +167,7 @@ def test_param_groups_exclude_frozen_and_skip_decay_on_norm_and_embeddings():
 
 
 def test_loss_decreases_and_metrics_follow_the_poly_schedule(reference):
-    lines = _metrics(reference)
+    lines = read_metrics(reference)
     assert [r["iter"] for r in lines] == [5, 10, 15, 20, 25, 30]
     assert set(lines[0]) == {"iter", "lr", "loss", "loss_full", "loss_points", "sec_per_iter"}
     for r in lines:
@@ -311,7 +269,7 @@ def test_checkpoint_write_is_atomic_and_a_failed_write_leaves_the_previous_one(
     assert not (tmp_path / "model.pt").exists()
     task = run_inprocess(tmp_path, iters=10)
     assert task.calls == 5
-    _assert_bitwise_equal(_weights(tmp_path / "model.pt"), _weights(short_reference / "model.pt"))
+    assert_bitwise_equal(_weights(tmp_path / "model.pt"), _weights(short_reference / "model.pt"))
 
 
 def test_resume_skips_a_truncated_newest_checkpoint(tmp_path, capsys, short_reference):
@@ -323,11 +281,11 @@ def test_resume_skips_a_truncated_newest_checkpoint(tmp_path, capsys, short_refe
     err = capsys.readouterr().err
     assert "skipping unreadable checkpoint" in err and "ckpt_10.pt" in err and "resumed from" in err
     assert task.calls == 5
-    _assert_bitwise_equal(_weights(tmp_path / "model.pt"), _weights(short_reference / "model.pt"))
+    assert_bitwise_equal(_weights(tmp_path / "model.pt"), _weights(short_reference / "model.pt"))
     # A finished run only re-exports.
     (tmp_path / "model.pt").unlink()
     assert run_inprocess(tmp_path, iters=10).calls == 0
-    _assert_bitwise_equal(_weights(tmp_path / "model.pt"), _weights(short_reference / "model.pt"))
+    assert_bitwise_equal(_weights(tmp_path / "model.pt"), _weights(short_reference / "model.pt"))
 
 
 def test_another_config_or_bad_setup_is_refused(tmp_path, short_reference):
@@ -354,32 +312,32 @@ def test_another_config_or_bad_setup_is_refused(tmp_path, short_reference):
 
 def test_loader_workers_give_the_same_weights(tmp_path, short_reference):
     run_inprocess(tmp_path, iters=10, num_workers=2)
-    _assert_bitwise_equal(_weights(tmp_path / "model.pt"), _weights(short_reference / "model.pt"))
+    assert_bitwise_equal(_weights(tmp_path / "model.pt"), _weights(short_reference / "model.pt"))
 
 
 def test_sigkill_then_resume_gives_bitwise_identical_weights(tmp_path, reference):
-    proc = _start(tmp_path, "--sleep", "0.08")
-    _wait_for(tmp_path / "state" / "ckpt_5.pt", proc)
+    proc = start_run(SCRIPT, tmp_path, "--sleep", "0.08")
+    wait_for(tmp_path / "state" / "ckpt_5.pt", proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "model.pt").exists()
     resumed_at = find_checkpoint(tmp_path / "state")[0]
     assert resumed_at < 30
-    before = _metrics(tmp_path)
+    before = read_metrics(tmp_path)
     task = run_inprocess(tmp_path)
     assert task.calls == 30 - resumed_at
-    _assert_bitwise_equal(_weights(tmp_path / "model.pt"), _weights(reference / "model.pt"))
-    after = _metrics(tmp_path)
+    assert_bitwise_equal(_weights(tmp_path / "model.pt"), _weights(reference / "model.pt"))
+    after = read_metrics(tmp_path)
     assert [r["iter"] for r in after] == [5, 10, 15, 20, 25, 30]  # appended, each iteration once
     assert after[: resumed_at // 5] == [r for r in before if r["iter"] <= resumed_at]
-    for mine, ref in zip(after, _metrics(reference)):
+    for mine, ref in zip(after, read_metrics(reference)):
         assert mine["loss"] == ref["loss"]
 
 
 def test_sigterm_checkpoints_exits_143_and_resumes_identically(tmp_path, reference):
-    proc = _start(tmp_path, "--sleep", "0.08")
-    _wait_for(tmp_path / "state" / "ckpt_5.pt", proc)
+    proc = start_run(SCRIPT, tmp_path, "--sleep", "0.08")
+    wait_for(tmp_path / "state" / "ckpt_5.pt", proc)
     time.sleep(0.12)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -391,36 +349,22 @@ def test_sigterm_checkpoints_exits_143_and_resumes_identically(tmp_path, referen
     assert not (tmp_path / "model.pt").exists()
     task = run_inprocess(tmp_path)
     assert task.calls == 30 - stopped_at
-    _assert_bitwise_equal(_weights(tmp_path / "model.pt"), _weights(reference / "model.pt"))
-    assert [r["iter"] for r in _metrics(tmp_path)] == [5, 10, 15, 20, 25, 30]
+    assert_bitwise_equal(_weights(tmp_path / "model.pt"), _weights(reference / "model.pt"))
+    assert [r["iter"] for r in read_metrics(tmp_path)] == [5, 10, 15, 20, 25, 30]
 
 
 def test_two_process_ddp_matches_one_process(tmp_path, reference):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = [
-        _start(
-            tmp_path,
-            env={
-                "RANK": str(r),
-                "LOCAL_RANK": str(r),
-                "WORLD_SIZE": "2",
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(port),
-            },
-        )
-        for r in range(2)
-    ]
+    port = free_port()
+    procs = [start_run(SCRIPT, tmp_path, env=ddp_env(r, 2, port)) for r in range(2)]
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     mine, ref = _weights(tmp_path / "model.pt"), _weights(reference / "model.pt")
     assert mine.keys() == ref.keys()
     for key in ref:
         torch.testing.assert_close(mine[key], ref[key], atol=1e-6, rtol=0)
-    lines = _metrics(tmp_path)
+    lines = read_metrics(tmp_path)
     assert [r["iter"] for r in lines] == [5, 10, 15, 20, 25, 30]
-    for a, b in zip(lines, _metrics(reference)):
+    for a, b in zip(lines, read_metrics(reference)):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
 
 
@@ -430,17 +374,7 @@ def _main() -> None:
     parser.add_argument("--sleep", type=float, default=0.0)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from vocabseg.engine.distributed import cleanup
-
-    try:
-        train(ToyTask(args.sleep), ShapesDataset(), TrainConfig(**BASE), **_paths(args.dir))
-    except Preempted:
-        cleanup()
-        raise  # the interpreter turns it into exit status 143
-    cleanup()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # skip the slow interpreter teardown of torch (seconds on 2 busy cores)
+    train_and_exit(ToyTask(args.sleep), ShapesDataset(), TrainConfig(**BASE), args.dir)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,11 @@ For each decoder output (the final one and every entry of ``"aux_outputs"``):
 1. queries are matched to targets one-to-one by :class:`HungarianMatcher`;
 2. ``loss_ce``: cross-entropy over K+1 classes for all queries, unmatched queries
    having the void class K, with class weights ``empty_weight`` (1 for real classes,
-   ``eos_coef`` for void) and the usual weighted mean (divided by the sum of weights);
+   ``eos_coef`` for void) and the usual weighted mean (divided by the sum of weights, summed
+   over DDP processes and divided by their number, so DDP equals one process);
+   an optional per-target ``"ignore_queries"`` (bool [Q]) removes the flagged
+   queries that the layer leaves unmatched from this term (weight 0), e.g. the
+   queries a distillation loss supervises instead (:mod:`vocabseg.approaches.distill`);
 3. ``loss_mask`` / ``loss_dice``: for matched pairs only, sigmoid BCE averaged over
    ``num_points`` importance-sampled points, and dice on the same points, each summed
    over masks and divided by ``num_masks`` (the number of target masks in the batch,
@@ -32,10 +36,13 @@ from .point_sampling import (
     seeded_generator,
 )
 
-__all__ = ["SetCriterion", "build_criterion", "dice_loss", "sigmoid_ce_loss", "LOSS_STREAM"]
+__all__ = ["SetCriterion", "build_criterion", "dice_loss", "sigmoid_ce_loss", "LOSS_STREAM", "IGNORE_INDEX"]
 
 #: Salt that separates the loss's importance sampling from the matcher's points.
 LOSS_STREAM = 0x4C4F_5353  # "LOSS"
+
+#: CE target of queries excluded by ``ignore_queries`` (PyTorch's default ignore_index).
+IGNORE_INDEX = -100
 
 Indices = list[tuple[Tensor, Tensor]]
 
@@ -129,6 +136,12 @@ class SetCriterion(nn.Module):
         """Weighted CE over K+1 classes; unmatched queries are void (class K).
 
         ``pred_logits`` [B, Q, K+1] -> ``{"loss_ce": scalar}``.
+
+        Optional ``targets[b]["ignore_queries"]`` (bool [Q]): queries flagged there
+        that this layer's matching leaves unmatched get CE weight 0 (they leave the
+        numerator and the weight sum of the weighted mean); matched ones are
+        unaffected. Without the key the loss is exactly the upstream one. If every
+        query of the batch is ignored the loss is 0.
         """
         logits = outputs["pred_logits"].float()
         batch, num_queries, num_logits = logits.shape
@@ -140,9 +153,55 @@ class SetCriterion(nn.Module):
             if src.numel():
                 labels = targets[b]["labels"].to(logits.device)
                 target_classes[b, src.to(logits.device)] = labels[tgt.to(logits.device)]
-        loss = F.cross_entropy(logits.transpose(1, 2), target_classes,
-                               weight=self.empty_weight.to(logits.dtype))
-        return {"loss_ce": loss}
+        if any(t.get("ignore_queries") is not None for t in targets):
+            target_classes = self._ignore_unmatched(target_classes, targets, indices)
+        nll = F.cross_entropy(logits.transpose(1, 2), target_classes, reduction="none",
+                              ignore_index=IGNORE_INDEX)  # [B, Q], 0 where ignored
+        kept = target_classes != IGNORE_INDEX
+        weight = self.empty_weight.to(logits.dtype)[target_classes.clamp(min=0)] * kept
+        total = (weight * nll).sum()
+        norm = self._global_mean(weight.sum().detach())
+        if norm <= 0:
+            return {"loss_ce": logits.sum() * 0.0}  # every query ignored: zero, graph kept
+        return {"loss_ce": total / norm}
+
+    @staticmethod
+    def _global_mean(value: Tensor) -> float:
+        """``value`` summed over processes divided by the world size (itself without DDP).
+
+        The weighted-mean CE divides by this sum of class weights: with one process it
+        is upstream's ``F.cross_entropy(weight=...)`` mean; with W processes each
+        divides its own weighted sum by the global weight sum / W, so DDP's gradient
+        average equals the single-process gradient of the whole global batch (see
+        :meth:`num_masks`). Upstream divides by the local sum, which differs whenever
+        shards leave different numbers of queries unmatched.
+        """
+        total = value.detach().to(torch.float64).reshape(1)
+        world = 1
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(total)
+            world = dist.get_world_size()
+        return total.item() / world
+
+    @staticmethod
+    def _ignore_unmatched(target_classes: Tensor, targets: Sequence[dict[str, Any]],
+                          indices: Indices) -> Tensor:
+        """Set ``IGNORE_INDEX`` where ``targets[b]["ignore_queries"]`` [Q] is True and
+        the query is unmatched in this layer; [B, Q] -> [B, Q]."""
+        batch, num_queries = target_classes.shape
+        out = target_classes.clone()
+        for b, (src, _) in enumerate(indices):
+            ignore = targets[b].get("ignore_queries")
+            if ignore is None:
+                continue
+            ignore = torch.as_tensor(ignore, device=out.device)
+            if ignore.dtype != torch.bool or ignore.shape != (num_queries,):
+                raise ValueError(f"targets[{b}]['ignore_queries'] must be a bool tensor of shape "
+                                 f"[{num_queries}], got {ignore.dtype} {tuple(ignore.shape)}")
+            drop = ignore.clone()
+            drop[src.to(out.device)] = False  # matched queries keep their class target
+            out[b, drop] = IGNORE_INDEX
+        return out
 
     def loss_masks(self, outputs: Mapping[str, Any], targets: Sequence[dict[str, Any]],
                    indices: Indices, num_masks: float, layer: int = 0) -> dict[str, Tensor]:
@@ -192,9 +251,9 @@ class SetCriterion(nn.Module):
         exactly that of one process holding the whole global batch (whose W is 1).
         Dividing by the local count instead would weight a mask by how crowded its
         shard is. (Matching and sampling are per image and seeded per sample, so they
-        are shard-independent too. The CE term is a weighted mean per process, as
-        upstream, and equals the single-process value only when shards have equal
-        weight sums.) The minimum of 1 only matters for (nearly) empty global batches.
+        are shard-independent too; the CE term's weight sum is all-reduced the same
+        way, see :meth:`_global_mean`.) The minimum of 1 only matters for (nearly)
+        empty global batches.
         """
         count = sum(int(t["labels"].numel()) for t in targets)
         total = torch.tensor([float(count)], dtype=torch.float64, device=device)
@@ -221,7 +280,8 @@ class SetCriterion(nn.Module):
             outputs: ``"pred_logits"`` [B, Q, K+1], ``"pred_masks"`` [B, Q, h, w] and
                 optionally ``"aux_outputs"``: list of dicts with the same two keys.
             targets: B dicts ``{"labels": [N_b] long, "masks": [N_b, H, W] bool,
-                "seed": int}``; N_b may be 0.
+                "seed": int}``, optionally ``"ignore_queries"``: bool [Q] (see
+                :meth:`loss_labels`, applied with each layer's own matching); N_b may be 0.
             num_masks: override of the normaliser (default: :meth:`num_masks`, which
                 all-reduces when torch.distributed is initialised).
 
