@@ -365,11 +365,12 @@ def test_forward_shapes_padding_and_gradients(tiny_text):
     emb, num_syn = tiny_text
     images = torch.rand(2, 3, 60, 90) * 255  # padded to 64 x 96 inside
     out = model(images, emb, num_syn, image_sizes=[(60, 90), (50, 70)])
-    assert out["pred_logits"].shape == (2, 16, 4)
-    assert out["pred_masks"].shape == (2, 16, 16, 24)
+    q = model.config.num_queries
+    assert out["pred_logits"].shape == (2, q, 4)
+    assert out["pred_masks"].shape == (2, q, 16, 24)
     assert len(out["aux_outputs"]) == model.config.dec_layers == 2
     for aux in out["aux_outputs"]:
-        assert aux["pred_logits"].shape == (2, 16, 4) and aux["pred_masks"].shape == (2, 16, 16, 24)
+        assert aux["pred_logits"].shape == (2, q, 4) and aux["pred_masks"].shape == (2, q, 16, 24)
 
     # batch independence: image 1 alone (padded by the model) gives the same outputs
     alone = model(images[1:, :, :50, :70], emb, num_syn)
@@ -430,28 +431,56 @@ def test_geometric_ensemble_by_hand():
             assert result[0, q].tolist() == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
-def test_panoptic_inference_by_hand():
-    big = 10.0
-    masks = torch.full((4, 4, 4), -big)
-    masks[0, :, :2] = big  # stuff class 0, left half
-    masks[1, :2, 2:] = big  # stuff class 0 again, top right: merged into query 0's segment
-    masks[2, 2:, 2:] = big  # thing class 1, bottom right
+BIG = 10.0
+
+
+def _four_query_masks() -> torch.Tensor:
+    """[4, 4, 4] mask logits of four queries on a 4 x 4 image; with queries 0, 1 of stuff
+    class 0 and queries 2, 3 of thing class 1 the panoptic map is :data:`TWO_SEGMENTS`."""
+    masks = torch.full((4, 4, 4), -BIG)
+    masks[0, :, :2] = BIG  # stuff class 0, left half
+    masks[1, :2, 2:] = BIG  # stuff class 0 again, top right: merged into query 0's segment
+    masks[2, 2:, 2:] = BIG  # thing class 1, bottom right
     masks[3, :, :] = 0.1  # thing class 1 everywhere, loses everywhere -> dropped by overlap
-    cls = torch.full((4, 3), -big)
-    cls[0, 0] = big
-    cls[1, 0] = big
-    cls[2, 1] = big
-    cls[3, 1] = big - 5  # lower score than query 2
+    return masks
+
+
+TWO_SEGMENTS = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 2, 2], [1, 1, 2, 2]])
+
+
+def test_panoptic_inference_by_hand():
+    masks = _four_query_masks()
+    cls = torch.full((4, 3), -BIG)
+    cls[0, 0] = BIG
+    cls[1, 0] = BIG
+    cls[2, 1] = BIG
+    cls[3, 1] = BIG - 5  # lower score than query 2
     thing = torch.tensor([False, True])
     seg, info = panoptic_inference(cls, masks, thing, object_mask_threshold=0.0, overlap_threshold=0.8)
-    assert info == [{"id": 1, "category": 0, "isthing": False}, {"id": 2, "category": 1, "isthing": True}]
-    expected = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 2, 2], [1, 1, 2, 2]])
-    assert torch.equal(seg, expected) and seg.dtype == torch.long
+    assert info == [
+        {"id": 1, "category": 0, "isthing": False, "score": 1.0},
+        {"id": 2, "category": 1, "isthing": True, "score": 1.0},
+    ]
+    assert torch.equal(seg, TWO_SEGMENTS) and seg.dtype == torch.long
 
     cls_void = cls.clone()
-    cls_void[:, 2] = 2 * big  # every query is void
+    cls_void[:, 2] = 2 * BIG  # every query is void
     seg, info = panoptic_inference(cls_void, masks, thing)
     assert info == [] and int(seg.max()) == 0
+
+
+def test_panoptic_segment_scores_by_hand():
+    masks = _four_query_masks()
+    cls = torch.tensor([[1.0, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [-BIG, 0.5, -BIG]])
+    seg, info = panoptic_inference(cls, masks, torch.tensor([False, True]), overlap_threshold=0.8)
+    assert torch.equal(seg, TWO_SEGMENTS)
+    s0 = math.e / (math.e + 2)
+    s1 = math.e**3 / (math.e**3 + 2)
+    s2 = math.e**2 / (math.e**2 + 2)
+    assert [(s["id"], s["category"], s["isthing"]) for s in info] == [(1, 0, False), (2, 1, True)]
+    assert info[0]["score"] == pytest.approx(max(s0, s1), rel=1e-6)  # merged stuff: the larger score
+    assert info[1]["score"] == pytest.approx(s2, rel=1e-6)
+    assert all(isinstance(s["score"], float) for s in info)
 
 
 @pytest.mark.parametrize("clip_model", [TINY_CONVNEXT, TINY_RESNET])

@@ -1,4 +1,4 @@
-"""Reading JSON and writing result files atomically: the one home of file I/O helpers.
+"""Reading JSON and torch files, writing result files atomically: the one home of file I/O helpers.
 
 A job killed half-way (preemption, walltime, Ctrl-C) must never leave a truncated
 file under its final name, since Snakemake and the next attempt would trust it. So
@@ -17,7 +17,14 @@ from typing import Any, Iterator
 
 from vocabseg.errors import InputError
 
-__all__ = ["read_json", "atomic_path", "write_json_atomic", "write_text_atomic", "torch_save_atomic"]
+__all__ = [
+    "read_json",
+    "torch_load_checked",
+    "atomic_path",
+    "write_json_atomic",
+    "write_text_atomic",
+    "torch_save_atomic",
+]
 
 
 def read_json(path: Path | str) -> Any:
@@ -28,6 +35,27 @@ def read_json(path: Path | str) -> Any:
             return json.load(fh)
     except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise InputError(f"{path}: unreadable JSON ({exc})") from None
+
+
+def torch_load_checked(path: Path | str, what: str) -> Any:
+    """The object of the torch file at ``path``, read safely onto the CPU.
+
+    ``torch.load(path, map_location="cpu", weights_only=True)``: tensors and plain
+    containers only, never arbitrary pickled code. ``what`` names the expected content
+    in the errors (e.g. ``"FC-CLIP checkpoint"``): :class:`InputError`
+    ``"<path>: <what> not found"`` if there is no such file, ``"<path>: cannot read
+    <what> (<error>)"`` if it does not load. Checking the structure of the result is
+    the caller's job.
+    """
+    import torch
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: {what} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is bad input
+        raise InputError(f"{path}: cannot read {what} ({type(err).__name__}: {err})") from None
 
 
 @contextlib.contextmanager

@@ -3,7 +3,9 @@
 Writes the COCO-panoptic pair that :mod:`vocabseg.evaluation` (and
 cityscapesscripts) read: ``<out_folder>/<image_id>_panoptic.png`` (segment ids as
 ``R + 256 G + 256² B``, 0 = void) and ``out_json`` with one annotation per image
-whose ``segments_info`` carry Cityscapes label ids.
+whose ``segments_info`` carry Cityscapes label ids and each segment's confidence
+``"score"`` (its query's class probability, see
+:func:`vocabseg.models.fcclip.panoptic_inference`; the pseudo-label builder reads it).
 
 Batched, under ``torch.no_grad``, with float16 autocast on GPU. The test vocabulary
 is always the 19 evaluated classes; the ensemble's "seen" classes are the base
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from vocabseg.data.labels import ID_TO_LABEL
@@ -42,7 +45,7 @@ def image_list(gt_json: Path, image_root: Path) -> list[tuple[str, Path]]:
 
 @torch.no_grad()
 def predict_panoptic(
-    model: FCCLIP,
+    model: FCCLIP | nn.Module,
     text: TextClassifier,
     class_ids: Sequence[int],
     seen_ids: Sequence[int],
@@ -56,7 +59,11 @@ def predict_panoptic(
     """Predict every image and write the panoptic PNGs and JSON; return the count.
 
     Args:
-        model: FC-CLIP with weights loaded.
+        model: FC-CLIP with weights loaded, or any module with the same
+            ``inference(images, text, num_synonyms, *, seen_mask=, thing_mask=,
+            image_sizes=)`` contract, e.g. a
+            :class:`~vocabseg.approaches.combined.CombinedFCCLIP` (its
+            ``predict_with`` selects the fused pair, M1 or M2).
         text: test-vocabulary text classifier, classes in the order of ``class_ids``.
         class_ids: label id of each text-classifier class.
         seen_ids: label ids that get the ensemble weight for seen classes.
@@ -79,7 +86,7 @@ def predict_panoptic(
         height, width = max(s[0] for s in sizes), max(s[1] for s in sizes)
         batch = torch.zeros(len(arrays), 3, height, width)
         for i, a in enumerate(arrays):
-            batch[i, :, : a.shape[0], : a.shape[1]] = torch.from_numpy(a).permute(2, 0, 1)
+            batch[i, :, : a.shape[0], : a.shape[1]] = torch.from_numpy(a.copy()).permute(2, 0, 1)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda"):
             results = model.inference(
                 batch.to(device), embeddings, text.num_synonyms, seen_mask=seen, thing_mask=things, image_sizes=sizes
@@ -87,7 +94,16 @@ def predict_panoptic(
         for (image_id, _), res in zip(chunk, results):
             file_name = f"{image_id}_panoptic.png"
             write_panoptic_png(out_folder / file_name, res["panoptic_seg"].cpu().numpy())
-            segments = [{"id": int(s["id"]), "category_id": int(class_ids[s["category"]])} for s in res["segments_info"]]
+            segments = [_json_segment(s, class_ids) for s in res["segments_info"]]
             annotations.append({"image_id": image_id, "file_name": file_name, "segments_info": segments})
     write_json_atomic({"annotations": annotations}, out_json, indent=1)
     return len(annotations)
+
+
+def _json_segment(segment: dict, class_ids: Sequence[int]) -> dict:
+    """One ``segments_info`` entry of the JSON: id, label id and, when the model gives
+    one (FC-CLIP always does), the segment's confidence ``"score"`` (float)."""
+    out = {"id": int(segment["id"]), "category_id": int(class_ids[segment["category"]])}
+    if "score" in segment:
+        out["score"] = float(segment["score"])
+    return out

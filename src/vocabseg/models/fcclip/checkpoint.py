@@ -18,9 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from vocabseg.errors import InputError
-from vocabseg.fileio import torch_save_atomic
+from vocabseg.fileio import torch_load_checked, torch_save_atomic
 
-__all__ = ["load_fcclip_checkpoint", "save_fcclip_checkpoint", "model_fingerprint", "LoadReport"]
+__all__ = ["load_fcclip_checkpoint", "save_fcclip_checkpoint", "read_state_dict", "model_fingerprint", "LoadReport"]
 
 _IGNORED_KEYS = frozenset({"criterion.empty_weight"})
 _CLIP_PREFIX = "backbone.clip_model."
@@ -42,14 +42,15 @@ class LoadReport:
     ignored: list[str] = field(default_factory=list)  # in the file, deliberately not loaded
 
 
-def _read_state_dict(path: str) -> dict[str, Tensor]:
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: FC-CLIP checkpoint not found")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is bad input
-        raise InputError(f"{path}: cannot read FC-CLIP checkpoint ({type(err).__name__}: {err})") from err
-    if isinstance(data, Mapping) and "model" in data and isinstance(data["model"], Mapping):
+def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The state dict of a ``{"model": state_dict}`` or bare-state-dict file (CPU).
+
+    Read with :func:`~vocabseg.fileio.torch_load_checked` (``weights_only=True``);
+    :class:`InputError` naming ``path`` if the file is missing, unreadable or not a
+    ``{name: tensor}`` mapping.
+    """
+    data = torch_load_checked(path, "FC-CLIP checkpoint")
+    if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
         data = data["model"]
     if not isinstance(data, Mapping) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in data.items()):
         raise InputError(f"{path}: not a state dict (expected {{'model': {{name: tensor}}}} or {{name: tensor}})")
@@ -74,7 +75,7 @@ def load_fcclip_checkpoint(model: nn.Module, path: str | os.PathLike) -> LoadRep
     gives the counts.
     """
     path = os.fspath(path)
-    state = _read_state_dict(path)
+    state = read_state_dict(path)
     ignored = sorted(k for k in state if k in _IGNORED_KEYS)
     for key in ignored:
         del state[key]

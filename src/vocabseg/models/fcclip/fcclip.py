@@ -6,13 +6,19 @@ loss. ``forward`` gives the head outputs at the padded input size (training and
 evaluation alike); ``inference`` adds the out-of-vocabulary CLIP classifier, the
 geometric ensemble and the Mask2Former panoptic / semantic post-processing.
 
+The pieces are public so that several heads can share one backbone pass (the
+combined approach): ``backbone_features`` (preprocess + CLIP), ``head_outputs`` /
+``final_outputs`` (one head on those features), the ``head`` argument of
+``inference`` (any final-layer class / mask logits in place of this model's head)
+and ``inference_from_outputs`` (everything after the head).
+
 Input images are RGB floats in 0..255, [B, 3, H, W]; they are normalised with the
 CLIP mean/std and zero-padded bottom/right to a multiple of ``size_divisibility``.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +36,9 @@ __all__ = [
     "panoptic_inference",
     "semantic_inference",
 ]
+
+#: ``head(features, classifier, num_synonyms) -> (pred_logits, pred_masks)``: see :meth:`FCCLIP.inference`.
+HeadFn = Callable[[dict[str, Tensor], Tensor, Sequence[int]], tuple[Tensor, Tensor]]
 
 
 class FCCLIPHead(nn.Module):
@@ -128,18 +137,31 @@ class FCCLIP(nn.Module):
         return torch.cat([text_classifier.to(device=void.device, dtype=void.dtype), void], dim=0)
 
     # ------------------------------------------------------------- forward
-    def _run(
-        self,
-        images: Tensor,
-        text_classifier: Tensor,
-        num_synonyms: Sequence[int],
-        image_sizes: Sequence[tuple[int, int]] | None = None,
-    ) -> tuple[dict, dict[str, Tensor], Tensor, tuple[int, int]]:
+    def backbone_features(
+        self, images: Tensor, image_sizes: Sequence[tuple[int, int]] | None = None
+    ) -> tuple[dict[str, Tensor], tuple[int, int]]:
+        """Preprocess and run the frozen CLIP backbone once.
+
+        Returns:
+            (features ``{"stem", "res2", ..., "res5", "clip_vis_dense"}``, the padded
+            input size (Hp, Wp)). Several heads may share these features (see
+            :class:`vocabseg.approaches.combined.CombinedFCCLIP`).
+        """
         x = self.preprocess(images, image_sizes)
-        features = self.backbone(x)
-        classifier = self.with_void(text_classifier, num_synonyms)
-        outputs = self.sem_seg_head({k: features[k] for k in FEATURE_NAMES}, classifier, num_synonyms)
-        return outputs, features, classifier, (x.shape[-2], x.shape[-1])
+        return self.backbone(x), (x.shape[-2], x.shape[-1])
+
+    def head_outputs(self, features: dict[str, Tensor], classifier: Tensor, num_synonyms: Sequence[int]) -> dict:
+        """``sem_seg_head`` on backbone ``features`` with a ``classifier`` [S + 1, D]
+        that already has the void row (:meth:`with_void`); see :meth:`forward`."""
+        return self.sem_seg_head({k: features[k] for k in FEATURE_NAMES}, classifier, num_synonyms)
+
+    def final_outputs(
+        self, features: dict[str, Tensor], classifier: Tensor, num_synonyms: Sequence[int]
+    ) -> tuple[Tensor, Tensor]:
+        """(``pred_logits`` [B, Q, K + 1], ``pred_masks`` [B, Q, Hp/4, Wp/4]) of
+        :meth:`head_outputs`; the aux outputs (large at full resolution) are dropped."""
+        outputs = self.head_outputs(features, classifier, num_synonyms)
+        return outputs["pred_logits"], outputs["pred_masks"]
 
     def forward(
         self,
@@ -160,7 +182,8 @@ class FCCLIP(nn.Module):
             ``pred_logits`` [B, Q, K + 1] (last = void), ``pred_masks`` [B, Q, Hp/4, Wp/4]
             mask logits at the padded size, ``aux_outputs``: ``dec_layers`` dicts.
         """
-        return self._run(images, text_classifier, num_synonyms, image_sizes)[0]
+        features, _ = self.backbone_features(images, image_sizes)
+        return self.head_outputs(features, self.with_void(text_classifier, num_synonyms), num_synonyms)
 
     # ----------------------------------------------------------- inference
     def out_of_vocab_logits(
@@ -202,6 +225,7 @@ class FCCLIP(nn.Module):
         thing_mask: Tensor,
         image_sizes: Sequence[tuple[int, int]],
         output_sizes: Sequence[tuple[int, int]] | None = None,
+        head: HeadFn | None = None,
     ) -> list[dict]:
         """Panoptic and semantic predictions.
 
@@ -214,13 +238,42 @@ class FCCLIP(nn.Module):
             thing_mask: BoolTensor [K]; True for thing classes.
             image_sizes: per image (h, w) of the unpadded content.
             output_sizes: per image size to resize predictions to (default: image_sizes).
+            head: what turns the backbone features into final-layer outputs,
+                ``head(features, classifier, num_synonyms) -> (pred_logits [B, Q, K + 1],
+                pred_masks [B, Q, Hp/4, Wp/4])`` with this model's ``classifier``
+                [S + 1, D] (:meth:`with_void`); default :meth:`final_outputs`. Several
+                heads on one backbone pass plug in here (the fused heads of
+                :class:`vocabseg.approaches.combined.CombinedFCCLIP`).
 
         Returns:
             One dict per image: ``panoptic_seg`` LongTensor [h, w] of segment ids
             (0 = void), ``segments_info`` list of {"id", "category" (0..K-1),
-            "isthing"}, ``sem_seg`` [K, h, w] class probabilities.
+            "isthing", "score"} (score: see :func:`panoptic_inference`), ``sem_seg``
+            [K, h, w] class probabilities.
         """
-        num_classes = len(num_synonyms)
+        seen_mask, thing_mask = self.class_masks(seen_mask, thing_mask, len(num_synonyms))  # fail early
+        features, padded_size = self.backbone_features(images, image_sizes)
+        classifier = self.with_void(text_classifier, num_synonyms)
+        pred_logits, pred_masks = (head or self.final_outputs)(features, classifier, num_synonyms)
+        clip_feature = features["clip_vis_dense"]
+        del features
+        return self.inference_from_outputs(
+            pred_logits,
+            pred_masks,
+            clip_feature,
+            classifier,
+            num_synonyms,
+            seen_mask=seen_mask,
+            thing_mask=thing_mask,
+            image_sizes=image_sizes,
+            padded_size=padded_size,
+            output_sizes=output_sizes,
+        )
+
+    @staticmethod
+    def class_masks(seen_mask: Tensor, thing_mask: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+        """``seen_mask`` and ``thing_mask`` as flat BoolTensors [K]; ValueError if either
+        has not one entry per class."""
         seen_mask = torch.as_tensor(seen_mask, dtype=torch.bool).flatten()
         thing_mask = torch.as_tensor(thing_mask, dtype=torch.bool).flatten()
         if seen_mask.numel() != num_classes or thing_mask.numel() != num_classes:
@@ -228,24 +281,55 @@ class FCCLIP(nn.Module):
                 f"seen_mask ({seen_mask.numel()}) and thing_mask ({thing_mask.numel()}) need one entry per class "
                 f"({num_classes})"
             )
-        outputs, features, classifier, (padded_h, padded_w) = self._run(
-            images, text_classifier, num_synonyms, image_sizes
-        )
-        out_logits, valid = self.out_of_vocab_logits(
-            outputs["pred_masks"], features["clip_vis_dense"], classifier, num_synonyms
-        )
-        device = outputs["pred_logits"].device
+        return seen_mask, thing_mask
+
+    @torch.no_grad()
+    def inference_from_outputs(
+        self,
+        pred_logits: Tensor,
+        pred_masks: Tensor,
+        clip_feature: Tensor,
+        classifier: Tensor,
+        num_synonyms: Sequence[int],
+        *,
+        seen_mask: Tensor,
+        thing_mask: Tensor,
+        image_sizes: Sequence[tuple[int, int]],
+        padded_size: tuple[int, int],
+        output_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> list[dict]:
+        """Everything of :meth:`inference` after the head, for any final-layer outputs
+        (e.g. the fused outputs of two heads).
+
+        Args:
+            pred_logits: [B, Q, K + 1] in-vocabulary class logits (void last).
+            pred_masks: [B, Q, Hp/4, Wp/4] mask logits.
+            clip_feature: the backbone's ``clip_vis_dense`` [B, C, Hp/32, Wp/32].
+            classifier: [S + 1, D] text classifier with the void row (:meth:`with_void`).
+            seen_mask, thing_mask: BoolTensors [K] (see :meth:`inference`).
+            image_sizes, output_sizes: as in :meth:`inference`.
+            padded_size: (Hp, Wp), the padded input size (:meth:`backbone_features`).
+
+        Steps: the out-of-vocabulary CLIP classifier of ``pred_masks``
+        (:meth:`out_of_vocab_logits`), :func:`geometric_ensemble` with ``pred_logits``,
+        then per image the masks upsampled to (Hp, Wp), cropped to the image size and
+        resized to the output size, semantic and panoptic inference.
+        """
+        seen_mask, thing_mask = self.class_masks(seen_mask, thing_mask, len(num_synonyms))
+        padded_h, padded_w = (int(v) for v in padded_size)
+        out_logits, valid = self.out_of_vocab_logits(pred_masks, clip_feature, classifier, num_synonyms)
+        device = pred_logits.device
         with torch.autocast(device_type=device.type, enabled=False):
             mask_cls = geometric_ensemble(
-                outputs["pred_logits"].float(),
+                pred_logits.float(),
                 out_logits.float(),
                 seen_mask.to(device),
                 self.config.ensemble_alpha,
                 self.config.ensemble_beta,
                 valid=valid if self.config.ensemble_on_valid_mask else None,
             )
-            pred_masks = outputs["pred_masks"].float()
-            del outputs, features, out_logits  # the aux outputs alone are large at full resolution
+            pred_masks = pred_masks.float()
+            del out_logits
             results = []
             for i, (height, width) in enumerate(image_sizes):
                 height, width = int(height), int(width)
@@ -343,8 +427,14 @@ def panoptic_inference(
     its own (>= 0.5) area. Stuff segments of one class are merged. Segment ids
     count from 1; 0 is void.
 
+    Each segment's ``"score"`` is its confidence as Mask2Former ranks queries before
+    merging: ``max_c softmax(mask_cls[q])[c]`` over real classes c (the kept query's
+    class probability, which is >= its void probability); for a stuff segment merged
+    from several queries, the largest of their scores.
+
     Returns:
-        (LongTensor [h, w] of segment ids, list of {"id", "category", "isthing"}).
+        (LongTensor [h, w] of segment ids, list of {"id", "category", "isthing",
+        "score" (float)}).
     """
     return _panoptic_from_probs(
         mask_cls.softmax(dim=-1),
@@ -383,7 +473,8 @@ def _panoptic_from_probs(
         owner[start : start + chunk] = (cur_scores[:, None] * flat[kept, start : start + chunk]).argmax(dim=0)
     won_area = torch.bincount(owner, minlength=kept.numel()).tolist()
 
-    stuff_ids: dict[int, int] = {}
+    score_list = cur_scores.tolist()
+    stuff_segments: dict[int, dict] = {}
     next_id = 0
     for k, (query, pred_class) in enumerate(zip(kept.tolist(), cur_classes)):
         isthing = bool(thing_mask[pred_class])
@@ -394,12 +485,15 @@ def _panoptic_from_probs(
             continue
         if won_area[k] / original_area < overlap_threshold:
             continue
-        if not isthing:
-            if pred_class in stuff_ids:
-                panoptic[mask] = stuff_ids[pred_class]
-                continue
-            stuff_ids[pred_class] = next_id + 1
+        if not isthing and pred_class in stuff_segments:
+            merged = stuff_segments[pred_class]
+            panoptic[mask] = merged["id"]
+            merged["score"] = max(merged["score"], float(score_list[k]))
+            continue
         next_id += 1
         panoptic[mask] = next_id
-        segments.append({"id": next_id, "category": int(pred_class), "isthing": isthing})
+        segment = {"id": next_id, "category": int(pred_class), "isthing": isthing, "score": float(score_list[k])}
+        segments.append(segment)
+        if not isthing:
+            stuff_segments[pred_class] = segment
     return panoptic.reshape(height, width), segments

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vocabseg.errors import InputError
-from vocabseg.fileio import torch_save_atomic
+from vocabseg.fileio import torch_load_checked, torch_save_atomic
 
 __all__ = [
     "VILD_TEMPLATES",
@@ -185,12 +185,7 @@ def load_text_classifier(path: str | os.PathLike, *, expect_clip_model: str | No
     inconsistent, or was made with another CLIP model than ``expect_clip_model``.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: text classifier file not found")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is bad input
-        raise InputError(f"{path}: cannot read text classifier ({type(err).__name__}: {err})") from err
+    data = torch_load_checked(path, "text classifier file")
     keys = ("embeddings", "num_synonyms", "class_names", "clip_model")
     if not isinstance(data, dict) or any(k not in data for k in keys):
         raise InputError(f"{path}: not a text classifier file (needs keys {list(keys)})")
