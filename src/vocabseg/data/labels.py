@@ -7,6 +7,7 @@ table); this module only derives the views the pipeline needs from it:
   order. 11 stuff classes (ids 7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23) and 8 thing
   classes (ids 24-28, 31-33).
 * ``ID_TO_TRAIN_ID``: a 256-entry lookup table from label id to train id (255 = ignore).
+* :func:`eval_categories`: the 19 classes as the ``categories`` of a COCO-panoptic JSON.
 
 Everything the pipeline writes to disk (panoptic JSON ``category_id``, ``split.json``)
 uses label **ids**, never train ids, as ``csEvalPanopticSemanticLabeling`` expects.
@@ -29,6 +30,7 @@ __all__ = [
     "ID_TO_LABEL",
     "ID_TO_TRAIN_ID",
     "label_by_name",
+    "eval_categories",
 ]
 
 
@@ -76,3 +78,19 @@ def label_by_name(name: str) -> Label:
         if lb.name == name:
             return lb
     raise KeyError(f"no Cityscapes label named {name!r}")
+
+
+def eval_categories() -> list[dict]:
+    """The 19 evaluated classes as a COCO-panoptic ``categories`` list, exactly as
+    ``csCreatePanopticImgs`` writes it: ``{"id": label id, "name", "color": [r, g, b],
+    "supercategory": the label's category, "isthing": 1 or 0}`` in label-id order."""
+    return [
+        {
+            "id": lb.id,
+            "name": lb.name,
+            "color": list(lb.color),
+            "supercategory": lb.category,
+            "isthing": 1 if lb.has_instances else 0,
+        }
+        for lb in EVAL_LABELS
+    ]

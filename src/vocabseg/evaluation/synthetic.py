@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vocabseg.data.labels import EVAL_LABELS, STUFF_IDS, THING_IDS
+from vocabseg.data.labels import STUFF_IDS, THING_IDS, eval_categories
 
 __all__ = [
     "SyntheticDataset",
@@ -61,18 +61,9 @@ class SyntheticDataset:
     image_ids: tuple[str, ...]
 
 
-def gt_categories() -> list[dict]:
-    """The ``categories`` list exactly as ``csCreatePanopticImgs`` writes it (label ids)."""
-    return [
-        {
-            "id": lb.id,
-            "name": lb.name,
-            "color": list(lb.color),
-            "supercategory": lb.category,
-            "isthing": 1 if lb.has_instances else 0,
-        }
-        for lb in EVAL_LABELS
-    ]
+#: The ground truth's ``categories`` list: :func:`vocabseg.data.labels.eval_categories`
+#: (an alias kept for the callers of this module).
+gt_categories = eval_categories
 
 
 def _random_polygon(rng: np.random.Generator, cx: float, cy: float, rx: float, ry: float) -> list:
@@ -404,7 +395,7 @@ def write_dataset(
         )
     gt_json, pred_json = root / "gt.json", root / "pred.json"
     gt_json.write_text(
-        json.dumps({"images": images, "annotations": gt_anns, "categories": gt_categories()})
+        json.dumps({"images": images, "annotations": gt_anns, "categories": eval_categories()})
     )
     pred_json.write_text(json.dumps({"annotations": pred_anns}))
     return SyntheticDataset(
