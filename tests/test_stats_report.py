@@ -1,4 +1,4 @@
-"""Class frequencies, the results table and its figures."""
+"""Class frequencies, the results table and its figures (PQ bars, In/Out trade-off)."""
 
 import csv
 import json
@@ -10,7 +10,9 @@ from vocabseg.data.labels import EVAL_LABELS
 from vocabseg.data.stats import class_frequencies
 from vocabseg.data.vocab import make_split
 from vocabseg.errors import InputError
-from vocabseg.report.figures import plot_class_frequency
+from vocabseg.cli import main
+from vocabseg.report import figures
+from vocabseg.report.figures import plot_class_frequency, plot_tradeoff, tradeoff_points
 from vocabseg.report.table import results_frame, write_report
 
 
@@ -34,7 +36,7 @@ def test_class_frequencies_from_json_areas(tmp_path):
     assert Image.open(out).size[0] > 500
 
 
-def _metrics(pq_all, pq_in, pq_out, approach, n_out=8):
+def _metrics(pq_all, pq_in, pq_out, approach, n_out=8, kind="finetune", vocab="008", label=None):
     per_class = {str(lb.id): {"pq": pq_all, "sq": 0.9, "rq": 0.8} for lb in EVAL_LABELS}
     return {
         "All": {"pq": pq_all, "sq": 0.9, "rq": 0.8, "n": 19},
@@ -42,27 +44,105 @@ def _metrics(pq_all, pq_in, pq_out, approach, n_out=8):
         "Out": {"pq": pq_out, "sq": None if n_out == 0 else 0.5, "rq": None, "n": n_out},
         "per_class": per_class,
         "semantic": {"miou": 0.5},
-        "run": {"approach": approach, "study": "s", "dataset": "d", "backbone": "-", "vocab": "008",
-                "iterations": 100, "eval_vocab": "008"},
+        "run": {"approach": approach, "kind": kind, "study": "s", "dataset": "d", "backbone": "-",
+                "vocab": vocab, "iterations": 100, "eval_vocab": "008",
+                **({} if label is None else {"label": label})},
     }
 
 
-def test_table_rows_in_given_order_x100_three_decimals(tmp_path):
+def _write(tmp_path, entries):
+    """Write ``(file stem, metrics)`` pairs as JSON files; return their paths in order."""
     files = []
-    for name, m in [("zeta", _metrics(0.58197, 0.63995, 0.50224, "zeta")),
-                    ("alpha", _metrics(0.4, 0.5, None, "alpha", n_out=0))]:
+    for name, m in entries:
         files.append(tmp_path / f"{name}.json")
         files[-1].write_text(json.dumps(m))
+    return files
+
+
+def test_table_rows_in_given_order_x100_three_decimals(tmp_path):
+    upper = "Upperbound: Full finetuning - 000 - 1000 iter"
+    files = _write(tmp_path, [("zeta", _metrics(0.58197, 0.63995, 0.50224, "zeta", label=upper)),
+                              ("alpha", _metrics(0.4, 0.5, None, "alpha", n_out=0))])
     md, csv_path, png = tmp_path / "t.md", tmp_path / "t.csv", tmp_path / "b.png"
     frame = write_report(files, md, csv_path, png, "Title")
     assert list(frame["approach"]) == ["zeta", "alpha"]
     text = md.read_text()
-    assert "| zeta | 58.197 | 63.995 | 50.224 |" in text
-    assert "| alpha | 40.000 | 50.000 | - |" in text  # a group without classes prints as '-'
+    assert "| approach | seed row | PQ | PQ In | PQ Out | SQ |" in text
+    assert f"| zeta | {upper} | 58.197 | 63.995 | 50.224 |" in text
+    assert "| alpha | - | 40.000 | 50.000 | - |" in text  # no label; a group without classes: '-'
     assert "## Per-class PQ" in text and "traffic light" in text
+    assert "| approach | road |" in text  # the per-class table has no seed-row column
     rows = list(csv.DictReader(csv_path.open()))
+    assert list(rows[0])[:3] == ["approach", "label", "PQ"]
+    assert rows[0]["label"] == upper and rows[1]["label"] == "-"
     assert rows[0]["PQ Out"] == "50.224" and rows[1]["PQ Out"] == ""
     assert png.stat().st_size > 0
+    assert not (tmp_path / "tradeoff.png").exists()  # only written when asked for
+
+
+def test_pipe_in_a_label_does_not_break_the_markdown_row(tmp_path):
+    files = _write(tmp_path, [("a", _metrics(0.5, 0.5, 0.5, "a", label="x | y"))])
+    write_report(files, tmp_path / "t.md", tmp_path / "t.csv", tmp_path / "b.png", "T")
+    assert "| a | x \\| y | 50.000 |" in (tmp_path / "t.md").read_text()
+
+
+def _study(tmp_path):
+    """Metrics of a small study: oracle, zero-shot, two upper bounds, a lower bound, an
+    approach without Out classes."""
+    return _write(tmp_path, [
+        ("oracle", _metrics(1.0, 1.0, 1.0, "oracle", kind="oracle", vocab="-")),
+        ("zeroshot", _metrics(0.40311, 0.48234, 0.29416, "zeroshot", kind="zeroshot", vocab="-")),
+        ("upperbound", _metrics(0.58197, 0.63995, 0.50224, "upperbound", vocab="000")),
+        ("upper_100", _metrics(0.5, 0.6, 0.4, "upper_100", vocab="000")),
+        ("lowerbound", _metrics(0.37965, 0.65575, 0.0, "lowerbound")),
+        ("no_out", _metrics(0.4, 0.5, None, "no_out", n_out=0)),
+    ])
+
+
+def test_tradeoff_points_skip_oracle_and_empty_groups_and_mark_references(tmp_path):
+    points = tradeoff_points(results_frame(_study(tmp_path)))
+    assert points == [
+        ("zeroshot", 48.234, 29.416, "zeroshot"),
+        ("upperbound", 63.995, 50.224, "upper"),
+        ("upper_100", 60.0, 40.0, "upper"),  # every finetune on 000 is an upper bound
+        ("lowerbound", 65.575, 0.0, "other"),
+    ]
+
+
+def test_tradeoff_figure_markers_lines_labels(tmp_path, monkeypatch):
+    closed = []
+    monkeypatch.setattr(figures.plt, "close", closed.append)  # keep the figure to inspect it
+    out = tmp_path / "tradeoff.png"
+    plot_tradeoff(results_frame(_study(tmp_path)), out)
+    assert Image.open(out).size == (700, 550)
+    (ax,) = closed[0].axes
+    assert "configuration 008" in ax.get_xlabel() and ax.get_xlabel().startswith("PQ In")
+    assert ax.get_ylabel().startswith("PQ Out")
+    assert [t.get_text() for t in ax.texts] == ["zeroshot", "upperbound", "upper_100", "lowerbound"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "zero-shot reference", "upper bound (fine-tuned on 000)", "approach"]
+    # dashed lines through the zero-shot point, dotted ones through each upper bound
+    dashed = sorted(tuple(line.get_xdata()) + tuple(line.get_ydata())
+                    for line in ax.lines if line.get_linestyle() == "--")
+    assert dashed == [(0, 1, 29.416, 29.416), (48.234, 48.234, 0, 1)]
+    assert sum(line.get_linestyle() == ":" for line in ax.lines) == 4
+    assert ax.get_xlim() == (43.234, 70.575) and ax.get_ylim() == (-5.0, 55.224)
+
+
+def test_tradeoff_without_out_groups_still_writes_a_figure(tmp_path):
+    files = _write(tmp_path, [("a", _metrics(0.4, 0.5, None, "a", n_out=0))])
+    out = tmp_path / "t.png"
+    assert plot_tradeoff(results_frame(files), out) == []
+    assert Image.open(out).size == (700, 550)
+
+
+def test_report_command_writes_the_tradeoff(tmp_path):
+    files = _study(tmp_path)
+    args = ["report", "--metrics", *map(str, files), "--table-md", str(tmp_path / "t.md"),
+            "--table-csv", str(tmp_path / "t.csv"), "--bars", str(tmp_path / "b.png")]
+    assert main(args + ["--tradeoff", str(tmp_path / "to.png")]) == 0
+    assert Image.open(tmp_path / "to.png").size == (700, 550)
+    assert main(args) == 0  # --tradeoff is optional
 
 
 def test_unreadable_metrics_names_the_file(tmp_path):

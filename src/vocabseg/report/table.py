@@ -1,9 +1,13 @@
 """results/table.md and results/table.csv from the metrics JSON files of a study.
 
-One row per approach, in the order given (the study config's order): PQ All / In /
-Out, SQ and RQ (All), all x100 with 3 decimals as in the seed table, then the run
-facts (study, dataset, backbone, vocabulary configuration, iterations). Below the
-main table, per-class PQ. A group without any class (``n == 0``) prints as ``-``.
+One row per approach, in the order given (the study config's order, which follows
+the seed's results table): the approach, the seed row it reproduces (run fact
+``label``, ``-`` if none), PQ All / In / Out, SQ and RQ (All), all x100 with 3
+decimals as in the seed table, then the run facts (study, dataset, backbone,
+vocabulary configuration, iterations). Below the main table, per-class PQ. A group
+without any class (``n == 0``) prints as ``-``. The CSV holds the same rows with
+every column (``label`` and ``kind`` included), the figures are the PQ bar chart
+and, optionally, the In/Out trade-off plot.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import pandas as pd
 from vocabseg.data.labels import EVAL_LABELS
 from vocabseg.errors import InputError
 from vocabseg.fileio import read_json, write_text_atomic
-from vocabseg.report.figures import plot_pq_bars
+from vocabseg.report.figures import plot_pq_bars, plot_tradeoff
 
 __all__ = ["load_metrics", "results_frame", "write_report"]
 
@@ -39,13 +43,14 @@ def _x100(group: dict | None, key: str) -> float | None:
 
 
 def results_frame(metrics_files: Sequence[Path]) -> pd.DataFrame:
-    """One row per metrics file: approach, PQ/SQ/RQ x100 and the run facts."""
+    """One row per metrics file: approach, seed label, PQ/SQ/RQ x100 and the run facts."""
     rows = []
     for path in metrics_files:
         m = load_metrics(path)
         run = m.get("run", {})
         row = {
             "approach": run.get("approach", Path(path).stem),
+            "label": str(run.get("label", "-")),
             "PQ": _x100(m["All"], "pq"),
             "PQ In": _x100(m.get("In"), "pq"),
             "PQ Out": _x100(m.get("Out"), "pq"),
@@ -54,6 +59,7 @@ def results_frame(metrics_files: Sequence[Path]) -> pd.DataFrame:
             "mIoU": _x100(m.get("semantic"), "miou"),
         }
         row.update({fact: run.get(fact, "") for fact in _FACTS})
+        row["kind"] = run.get("kind", "")
         row["eval vocab"] = run.get("eval_vocab", "")
         for lb in EVAL_LABELS:
             row[f"pq/{lb.name}"] = _x100(m["per_class"].get(str(lb.id)), "pq")
@@ -67,7 +73,7 @@ def _markdown(frame: pd.DataFrame, columns: Sequence[str]) -> str:
             return "-"
         if isinstance(v, float):
             return f"{v:.3f}"
-        return str(v)
+        return str(v).replace("|", "\\|")  # a pipe would end the cell
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for _, row in frame.iterrows():
@@ -75,18 +81,27 @@ def _markdown(frame: pd.DataFrame, columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def write_report(metrics_files: Sequence[Path], table_md: Path, table_csv: Path, bars_png: Path, title: str) -> pd.DataFrame:
-    """Write the Markdown table, the CSV and the PQ bar chart; return the frame."""
+def write_report(
+    metrics_files: Sequence[Path],
+    table_md: Path,
+    table_csv: Path,
+    bars_png: Path,
+    title: str,
+    tradeoff_png: Path | None = None,
+) -> pd.DataFrame:
+    """Write the Markdown table, the CSV, the PQ bar chart and (if a path is given)
+    the In/Out trade-off plot; return the frame."""
     frame = results_frame(metrics_files)
-    main = ["approach", "PQ", "PQ In", "PQ Out", "SQ", "RQ", "mIoU", *_FACTS, "eval vocab"]
+    main = ["approach", "seed row", "PQ", "PQ In", "PQ Out", "SQ", "RQ", "mIoU", *_FACTS, "eval vocab"]
     per_class = ["approach", *[f"pq/{lb.name}" for lb in EVAL_LABELS]]
     eval_vocab = frame["eval vocab"].iloc[0] if len(frame) else ""
     text = "\n\n".join(
         [
             f"# {title}",
             "PQ, SQ, RQ and mIoU x100 on the validation set (all 19 classes). "
-            f"In / Out: the in- and out-of-vocabulary classes of configuration {eval_vocab}.",
-            _markdown(frame, main),
+            f"In / Out: the in- and out-of-vocabulary classes of configuration {eval_vocab}. "
+            "Seed row: the row of the seed's results table the approach reproduces.",
+            _markdown(frame.rename(columns={"label": "seed row"}), main),
             "## Per-class PQ",
             _markdown(frame.rename(columns=lambda c: c.removeprefix("pq/")), [c.removeprefix("pq/") for c in per_class]),
         ]
@@ -98,4 +113,6 @@ def write_report(metrics_files: Sequence[Path], table_md: Path, table_csv: Path,
         {"All": list(frame["PQ"]), "In": list(frame["PQ In"]), "Out": list(frame["PQ Out"])},
         Path(bars_png),
     )
+    if tradeoff_png is not None:
+        plot_tradeoff(frame, Path(tradeoff_png))
     return frame
