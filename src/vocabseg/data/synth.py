@@ -98,6 +98,34 @@ _CLOTHES: tuple[RGB, ...] = (
     (120, 80, 50), (220, 180, 60), (70, 70, 80), (150, 60, 130), (30, 110, 120),
 )
 
+_TARGET_PALETTE: Mapping[str, RGB] = {
+    "sky": (150, 185, 225), "building": (125, 116, 108), "wall": (158, 148, 128),
+    "fence": (112, 102, 86), "pole": (98, 98, 104), "traffic light": (38, 40, 36),
+    "traffic sign": (205, 175, 45), "vegetation": (68, 112, 44),
+    "terrain": (140, 142, 84), "road": (92, 90, 96), "sidewalk": (160, 150, 146),
+    "parking": (118, 104, 110), "rail track": (104, 88, 76),
+    "guard rail": (172, 172, 178), "static": (122, 100, 78),
+    "dynamic": (142, 92, 60), "ground": (122, 112, 92),
+    "ego vehicle": (28, 28, 34), "out of roi": (0, 0, 0), "unlabeled": (0, 0, 0),
+    "person": (90, 70, 60), "rider": (110, 60, 60), "car": (70, 80, 120),
+    "truck": (190, 190, 185), "bus": (210, 175, 50), "train": (200, 200, 212),
+    "motorcycle": (60, 60, 70), "bicycle": (50, 70, 60), "caravan": (225, 222, 210),
+    "trailer": (150, 150, 140),
+}
+
+
+def _warm(palette: Mapping[str, RGB]) -> dict[str, RGB]:
+    """``palette`` in slightly warmer light: red up, blue down (void stays black)."""
+    out = {}
+    for name, rgb in palette.items():
+        if rgb == (0, 0, 0):
+            out[name] = rgb
+            continue
+        r, g, b = rgb
+        out[name] = (min(255, round(r * 1.06 + 4)), min(255, g + 2), round(b * 0.93))
+    return out
+
+
 STYLES: Mapping[str, Style] = {
     "target": Style(
         name="target",
@@ -107,20 +135,7 @@ STYLES: Mapping[str, Style] = {
         object_scale=1.0,
         building_height=(7.0, 24.0),
         ego_height=0.08,
-        palette={
-            "sky": (150, 185, 225), "building": (125, 116, 108), "wall": (158, 148, 128),
-            "fence": (112, 102, 86), "pole": (98, 98, 104), "traffic light": (38, 40, 36),
-            "traffic sign": (205, 175, 45), "vegetation": (68, 112, 44),
-            "terrain": (140, 142, 84), "road": (92, 90, 96), "sidewalk": (160, 150, 146),
-            "parking": (118, 104, 110), "rail track": (104, 88, 76),
-            "guard rail": (172, 172, 178), "static": (122, 100, 78),
-            "dynamic": (142, 92, 60), "ground": (122, 112, 92),
-            "ego vehicle": (28, 28, 34), "out of roi": (0, 0, 0), "unlabeled": (0, 0, 0),
-            "person": (90, 70, 60), "rider": (110, 60, 60), "car": (70, 80, 120),
-            "truck": (190, 190, 185), "bus": (210, 175, 50), "train": (200, 200, 212),
-            "motorcycle": (60, 60, 70), "bicycle": (50, 70, 60), "caravan": (225, 222, 210),
-            "trailer": (150, 150, 140),
-        },
+        palette=_TARGET_PALETTE,
         instance_colors={
             "car": ((190, 192, 196), (30, 30, 34), (225, 225, 222), (160, 30, 30),
                     (40, 60, 130), (90, 92, 96), (120, 130, 90)),
@@ -144,39 +159,27 @@ STYLES: Mapping[str, Style] = {
     ),
     "source": Style(
         name="source",
-        horizon=0.5,
-        focal=0.85,
-        camera_height=1.3,
-        object_scale=1.25,
-        building_height=(5.0, 14.0),
-        ego_height=0.12,
-        palette={
-            "sky": (235, 188, 140), "building": (165, 88, 78), "wall": (88, 110, 132),
-            "fence": (172, 150, 62), "pole": (205, 200, 70), "traffic light": (25, 70, 30),
-            "traffic sign": (60, 120, 205), "vegetation": (36, 128, 112),
-            "terrain": (176, 122, 70), "road": (64, 56, 74), "sidewalk": (196, 172, 122),
-            "parking": (90, 70, 90), "rail track": (70, 70, 60),
-            "guard rail": (120, 190, 190), "static": (180, 80, 150),
-            "dynamic": (90, 160, 90), "ground": (150, 110, 80),
-            "ego vehicle": (90, 20, 20), "out of roi": (0, 0, 0), "unlabeled": (0, 0, 0),
-            "person": (150, 90, 160), "rider": (80, 150, 80), "car": (200, 120, 40),
-            "truck": (90, 160, 200), "bus": (80, 190, 120), "train": (120, 60, 150),
-            "motorcycle": (200, 60, 120), "bicycle": (230, 210, 60), "caravan": (120, 200, 220),
-            "trailer": (200, 160, 200),
-        },
+        horizon=0.46,
+        focal=0.72,
+        camera_height=1.4,
+        object_scale=1.1,
+        building_height=(6.0, 18.0),
+        ego_height=0.1,
+        # The target palette in slightly warmer light; the shift lies in the camera,
+        # object sizes, textures and object paints: one a model can bridge (as COCO ->
+        # Cityscapes), not a different world.
+        palette=_warm(_TARGET_PALETTE),
         instance_colors={
-            "car": ((230, 120, 30), (250, 210, 60), (120, 220, 90), (230, 60, 160),
-                    (70, 200, 220), (250, 250, 250)),
-            "truck": ((90, 160, 200), (240, 140, 200), (160, 240, 120)),
-            "bus": ((80, 190, 120), (250, 120, 60), (160, 100, 230)),
-            "train": ((120, 60, 150), (250, 200, 90)),
-            "motorcycle": ((200, 60, 120), (60, 220, 200), (250, 250, 80)),
-            "bicycle": ((230, 210, 60), (60, 160, 250), (250, 100, 100)),
-            "person": ((230, 80, 80), (80, 230, 120), (250, 230, 90), (120, 90, 240),
-                       (250, 150, 40), (40, 200, 230)),
-            "rider": ((250, 250, 250), (250, 60, 60), (60, 60, 250), (250, 170, 0)),
-            "caravan": ((120, 200, 220), (220, 240, 250)),
-            "trailer": ((200, 160, 200), (160, 120, 90)),
+            "car": ((200, 60, 40), (235, 235, 230), (40, 40, 44), (70, 110, 170),
+                    (150, 155, 160), (230, 170, 40)),
+            "truck": ((240, 240, 235), (60, 130, 80), (180, 60, 50)),
+            "bus": ((60, 130, 190), (230, 120, 40), (235, 235, 235)),
+            "train": ((230, 230, 235), (60, 90, 150)),
+            "motorcycle": ((180, 40, 40), (30, 30, 35), (220, 220, 225)),
+            "bicycle": ((40, 90, 170), (30, 30, 30), (210, 60, 50)),
+            "person": _CLOTHES[::-1], "rider": ((230, 80, 40), (40, 40, 45), (60, 140, 200)),
+            "caravan": ((235, 230, 215), (200, 195, 180)),
+            "trailer": ((160, 150, 130), (90, 100, 80)),
         },
         glass=(150, 220, 235),
         skin=((250, 220, 190), (220, 170, 120)),

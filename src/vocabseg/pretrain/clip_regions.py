@@ -548,7 +548,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def pretrain_clip_regions(
-    raw_root: Path,
+    raw_root: Path | Sequence[Path],
     out: Path,
     *,
     steps: int = DEFAULT_STEPS,
@@ -576,7 +576,8 @@ def pretrain_clip_regions(
 
     Args:
         raw_root: folder with ``leftImg8bit/train`` and ``gtFine/train`` (labelIds and
-            instanceIds PNGs); ``val`` is used for the final metrics when present.
+            instanceIds PNGs); ``val`` is used for the final metrics when present. A
+            sequence of such folders trains (and validates) on all of them together.
         out: weights file to write (a plain state dict, written atomically) that
             ``open_clip.create_model(model_name, pretrained=str(out))`` loads. Metrics
             go to ``out.with_suffix(".json")``.
@@ -618,13 +619,13 @@ def pretrain_clip_regions(
         raise ValueError(f"steps must be >= 1; got {steps}")
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"schedule must be 'cosine' or 'constant'; got {schedule!r}")
-    raw_root, out = Path(raw_root), Path(out)
+    roots = [Path(raw_root)] if isinstance(raw_root, (str, os.PathLike)) else [Path(r) for r in raw_root]
+    out = Path(out)
     image_size = (int(image_size[0]), int(image_size[1]))
     say = log or (lambda _msg: None)
     started, cpu_started = time.perf_counter(), time.process_time()
-    train = _load_split(raw_root, "train")
-    has_val = (raw_root / "gtFine" / "val").is_dir()
-    val = _load_split(raw_root, "val") if has_val else []
+    train = [sample for root in roots for sample in _load_split(root, "train")]
+    val = [sample for root in roots if (root / "gtFine" / "val").is_dir() for sample in _load_split(root, "val")]
     if model_name == TINY_CLIP_NAME:
         register_tiny_clip()
     warmup = min(25, steps // 10) if warmup_steps is None else int(warmup_steps)
