@@ -65,7 +65,10 @@ def test_dry_run_of_the_cityscapes_study_plans_everything_without_network(tmp_pa
     assert jobs["class_frequency"] == 9
     assert jobs["report"] == 1
     assert jobs["official_weights"] == 1  # the official checkpoint is an input, not pretrained
-    assert jobs["train_finetune"] == 3 and jobs["predict"] == 4 and jobs["text_embeddings"] == 2
+    # the seed's rows: 5 single-model trainings, 6 combined runs (the two "mean" rows share one)
+    assert jobs["train"] == 5 and jobs["train_combined"] == 6 and jobs["wiseft"] == 3
+    assert jobs["predict"] == 16 and jobs["intersect"] == 3 and jobs["evaluate"] == 20
+    assert jobs["predict_teacher"] == 1 and jobs["pseudolabel"] == 1 and jobs["text_embeddings"] == 2
     assert "synth_city" not in jobs and "pretrain_base" not in jobs
 
 
@@ -73,10 +76,19 @@ def test_dry_run_of_the_default_study(tmp_path):
     res = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config/config.yaml"))
     assert res.returncode == 0, res.stderr + res.stdout
     jobs = jobs_planned(res.stdout)
-    assert jobs["synth_city"] == 2  # the target-style city and the source-style one
+    assert jobs["synth_city"] == 3  # the study's city, the source-style one, the CLIP's "web" one
     assert jobs["pretrain_clip"] == 1 and jobs["pretrain_base"] == 1
-    assert jobs["vocab_split"] == 9 and jobs["train_finetune"] == 3
-    assert jobs["predict"] == 4 and jobs["evaluate"] == 5
+    assert jobs["vocab_split"] == 9 and jobs["train"] == 3 and "train_combined" not in jobs
+    assert jobs["predict"] == 7 and jobs["intersect"] == 2 and jobs["wiseft"] == 3
+    assert jobs["evaluate"] == 10 and jobs["panels"] == 1
+
+
+def test_dry_run_of_every_seed_row_on_the_synthetic_city(tmp_path):
+    res = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config/synthetic-seed.yaml"))
+    assert res.returncode == 0, res.stderr + res.stdout
+    jobs = jobs_planned(res.stdout)
+    assert jobs["train"] == 5 and jobs["train_combined"] == 6 and jobs["pseudolabel"] == 1
+    assert jobs["predict"] == 16 and jobs["intersect"] == 3 and jobs["evaluate"] == 20
 
 
 @pytest.mark.parametrize(
@@ -87,6 +99,12 @@ def test_dry_run_of_the_default_study(tmp_path):
         (lambda c: c["approaches"].update(x={"kind": "orcale"}), "config key approaches.x.kind: 'orcale' is not one of"),
         (lambda c: c["approaches"]["oracle"].update(iterz=3), "config key approaches.oracle: Additional properties are not allowed ('iterz'"),
         (lambda c: c.update(vocabularies=["000", "009"]), "config key vocabularies.1: '009' is not one of"),
+        (lambda c: c["approaches"].update(x={"kind": "intersection", "in": "oracle", "out": "nope"}),
+         "config key approaches.x.out: no other approach named 'nope'"),
+        (lambda c: c["approaches"].update(x={"kind": "wiseft", "finetuned": "oracle", "alpha": 0.5}),
+         "config key approaches.x.finetuned: 'oracle' is of kind oracle"),
+        (lambda c: c["approaches"].update(x={"kind": "combined", "vocab": "008", "iters": 3, "fusion": "max"}),
+         "config key approaches.x.fusion: 'max' is not one of"),
     ],
 )
 def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, mutate, expected):
@@ -116,19 +134,27 @@ def test_snakefmt_clean():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-# Every FC-CLIP stage of the default study, shrunk to seconds: source city, CLIP and
-# base-model pretraining, text embeddings, fine-tuning, prediction, evaluation.
+# Every stage and approach kind of the default study, shrunk to seconds: source city,
+# CLIP and base-model pretraining, text embeddings, pseudo-labels, every kind of
+# training, intersections, WiSE-FT, prediction, evaluation, table and figures.
 TINY_FCCLIP = {
     **TINY,
     "study": "tinyfc",
     "pretrain": {"source": {"train": 4, "val": 2, "height": 64, "width": 128, "seed": 5},
-                 "clip_steps": 4, "base_iters": 4},
+                 "web": {"train": 4, "val": 2, "seed": 6}, "clip_steps": 4, "base_iters": 4},
     "training": {"batch_size": 2, "crop": [64, 128], "num_points": 256, "checkpoint_every": 2, "log_every": 1},
     "inference": {"batch_size": 2},
     "approaches": {
         "zeroshot": {"kind": "zeroshot"},
         "upperbound": {"kind": "finetune", "vocab": "000", "iters": 3},
-        "lowerbound": {"kind": "finetune", "vocab": "008", "iters": 3},
+        "lowerbound": {"kind": "finetune", "vocab": "008", "iters": 3, "label": "Lower bound (seed)"},
+        "naive": {"kind": "intersection", "in": "lowerbound", "out": "zeroshot"},
+        "ftzs": {"kind": "pseudolabel", "vocab": "008", "iters": 2},
+        "distill": {"kind": "distill", "vocab": "008", "iters": 2},
+        "mean_m1": {"kind": "combined", "vocab": "008", "iters": 2, "fusion": "mean", "predict_with": "m1"},
+        "mean_m2": {"kind": "combined", "vocab": "008", "iters": 2, "fusion": "mean", "predict_with": "m2"},
+        "entropy": {"kind": "combined", "vocab": "008", "iters": 2, "fusion": "entropy"},
+        "wiseft_050": {"kind": "wiseft", "finetuned": "lowerbound", "alpha": 0.5},
     },
 }
 
@@ -138,7 +164,7 @@ def test_tiny_fcclip_study_runs_end_to_end(tmp_path):
     res = snakemake(tmp_path, "--cores", "2", "--configfile", str(config))
     assert res.returncode == 0, res.stderr[-6000:]
     table = (tmp_path / "results/table.md").read_text()
-    for name in ("zeroshot", "upperbound", "lowerbound"):
+    for name in TINY_FCCLIP["approaches"]:
         assert f"| {name} |" in table
         metrics = json.loads((tmp_path / f"results/tinyfc/metrics/{name}.json").read_text())
         assert 0.0 <= (metrics["All"]["pq"] or 0.0) <= 1.0
@@ -151,6 +177,14 @@ def test_tiny_fcclip_study_runs_end_to_end(tmp_path):
     # the text classifiers are cached per vocabulary: 19 classes for testing, 11 for 008
     assert (tmp_path / "results/tinyfc/text/tiny/000.pt").exists()
     assert (tmp_path / "results/tinyfc/text/tiny/008.pt").exists()
+    assert "| lowerbound | Lower bound (seed) |" in table
+    # the teacher labelled the training images once; the two "mean" rows share one training
+    assert (tmp_path / "results/tinyfc/pseudo/008/train_panoptic.json").exists()
+    runs = sorted(p.parent.name for p in (tmp_path / "results/tinyfc/models").glob("combined_*/model.pt"))
+    assert runs == ["combined_entropy_008_2", "combined_mean_008_2"]
+    for figure in ("tradeoff.png", "pq_bars.png"):
+        assert (tmp_path / f"results/tinyfc/figures/{figure}").stat().st_size > 0
+    assert len(list((tmp_path / "results/tinyfc/figures/panels").glob("panel_*.png"))) == 3
 
 
 def test_tiny_study_runs_end_to_end(tmp_path):

@@ -99,6 +99,7 @@ def cmd_text_embeddings(a: argparse.Namespace) -> None:
 def cmd_predict(a: argparse.Namespace) -> None:
     import torch
 
+    from vocabseg.approaches.combined import build_combined
     from vocabseg.approaches.fcclip_setup import ModelSpec, build_model, vocab_ids
     from vocabseg.approaches.predict import image_list, predict_panoptic
     from vocabseg.models.fcclip import load_text_classifier
@@ -107,7 +108,10 @@ def cmd_predict(a: argparse.Namespace) -> None:
         torch.set_num_threads(a.threads)
     spec = ModelSpec.from_json(a.model)
     trained_on = vocab_ids(read_json(a.train_split)) if a.train_split else []
-    model = build_model(spec, a.weights)
+    if a.combined:
+        model = build_combined(spec, a.weights, fusion=a.combined, predict_with=a.predict_with)
+    else:
+        model = build_model(spec, a.weights)
     n = predict_panoptic(
         model,
         load_text_classifier(a.text),
@@ -130,6 +134,36 @@ def cmd_oracle(a: argparse.Namespace) -> None:
 
 
 @_command
+def cmd_pseudolabel(a: argparse.Namespace) -> None:
+    from vocabseg.approaches.pseudolabel import build_pseudo_labels
+
+    stats = build_pseudo_labels(
+        a.gt_json, a.gt_folder, a.teacher_json, a.teacher_folder, read_json(a.split),
+        a.out_json, a.out_folder, threshold=a.threshold, min_pixels=a.min_pixels,
+    )
+    print("pseudo-labels: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
+
+
+@_command
+def cmd_intersect(a: argparse.Namespace) -> None:
+    from vocabseg.approaches.intersection import intersect_predictions
+
+    n = intersect_predictions(
+        a.in_json, a.in_folder, a.out_json, a.out_folder, read_json(a.split), a.merged_json, a.merged_folder
+    )
+    print(f"intersection: {n} images")
+
+
+@_command
+def cmd_wiseft(a: argparse.Namespace) -> None:
+    from vocabseg.approaches.fcclip_setup import ModelSpec
+    from vocabseg.approaches.wiseft import wiseft_checkpoint
+
+    report = wiseft_checkpoint(a.zeroshot, a.finetuned, a.alpha, a.out, spec=ModelSpec.from_json(a.model))
+    print(f"WiSE-FT alpha {a.alpha}: {len(report.interpolated)} tensors interpolated, {len(report.copied)} copied")
+
+
+@_command
 def cmd_evaluate_panoptic(a: argparse.Namespace) -> None:
     from vocabseg.evaluation.panoptic import evaluate_panoptic, write_metrics
 
@@ -149,8 +183,20 @@ def cmd_evaluate_panoptic(a: argparse.Namespace) -> None:
 def cmd_report(a: argparse.Namespace) -> None:
     from vocabseg.report.table import write_report
 
-    frame = write_report(a.metrics, a.table_md, a.table_csv, a.bars, a.title)
+    frame = write_report(a.metrics, a.table_md, a.table_csv, a.bars, a.title, tradeoff_png=a.tradeoff)
     print(f"{len(frame)} rows written to {a.table_md}")
+
+
+@_command
+def cmd_panels(a: argparse.Namespace) -> None:
+    from vocabseg.report.panels import Prediction, write_panels
+
+    preds = [Prediction(name, Path(json_path), Path(folder)) for name, json_path, folder in a.pred]
+    written = write_panels(
+        a.gt_json, a.gt_folder, a.image_root, preds, a.out_dir,
+        count=a.count, columns=a.columns, max_width=a.max_width,
+    )
+    print(f"{len(written)} panels written to {a.out_dir}")
 
 
 def _parse_fact(text: str) -> tuple[str, object]:
@@ -204,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=P, required=True)
 
     p = sub.add_parser("pretrain-clip", help="region-text pretraining of the tiny CLIP (synthetic world)")
-    p.add_argument("--raw", type=P, required=True, help="source-style city (Cityscapes layout)")
+    p.add_argument("--raw", type=P, nargs="+", required=True, help="cities to train on (Cityscapes layout)")
     p.add_argument("--out", type=P, required=True)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--height", type=int, default=256, help="training image size: the study's image size")
@@ -228,12 +274,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-folder", type=P, required=True)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--combined", metavar="FUSION", default=None, help="--weights is a combined checkpoint")
+    p.add_argument("--predict-with", choices=("fused", "m1", "m2"), default="fused", help="with --combined")
 
     p = sub.add_parser("oracle", help="ground truth written as a prediction (chain check)")
     p.add_argument("--gt-json", type=P, required=True)
     p.add_argument("--gt-folder", type=P, required=True)
     p.add_argument("--out-json", type=P, required=True)
     p.add_argument("--out-folder", type=P, required=True)
+
+    p = sub.add_parser("pseudolabel", help="FTZS ground truth: in-class GT + the teacher's out-class segments")
+    p.add_argument("--gt-json", type=P, required=True, help="the configuration's training ground truth")
+    p.add_argument("--gt-folder", type=P, required=True)
+    p.add_argument("--teacher-json", type=P, required=True, help="the zero-shot prediction of the training images")
+    p.add_argument("--teacher-folder", type=P, required=True)
+    p.add_argument("--split", type=P, required=True, help="split.json of the configuration")
+    p.add_argument("--out-json", type=P, required=True)
+    p.add_argument("--out-folder", type=P, required=True)
+    p.add_argument("--threshold", type=float, default=0.5, help="minimum teacher score of a pseudo segment")
+    p.add_argument("--min-pixels", type=int, default=16, help="minimum pixels a pseudo segment keeps")
+
+    p = sub.add_parser("intersect", help="in-class segments of one prediction + out-class segments of another")
+    p.add_argument("--in-json", type=P, required=True, help="prediction supplying the in-classes")
+    p.add_argument("--in-folder", type=P, required=True)
+    p.add_argument("--out-json", type=P, required=True, help="prediction supplying the out-classes")
+    p.add_argument("--out-folder", type=P, required=True)
+    p.add_argument("--split", type=P, required=True, help="split.json defining in and out")
+    p.add_argument("--merged-json", type=P, required=True)
+    p.add_argument("--merged-folder", type=P, required=True)
+
+    p = sub.add_parser("wiseft", help="WiSE-FT: interpolate zero-shot and fine-tuned weights")
+    p.add_argument("--model", required=True, help="the study's model block as JSON")
+    p.add_argument("--zeroshot", type=P, required=True)
+    p.add_argument("--finetuned", type=P, required=True)
+    p.add_argument("--alpha", type=float, required=True, help="weight of the fine-tuned model, in [0, 1]")
+    p.add_argument("--out", type=P, required=True)
 
     p = sub.add_parser("evaluate-panoptic", help="PQ/SQ/RQ as cityscapesscripts, plus In/Out and mIoU")
     p.add_argument("--gt-json", type=P, required=True)
@@ -250,7 +325,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table-md", type=P, required=True)
     p.add_argument("--table-csv", type=P, required=True)
     p.add_argument("--bars", type=P, required=True)
+    p.add_argument("--tradeoff", type=P, default=None, help="PNG: PQ In vs PQ Out, one point per approach")
     p.add_argument("--title", default="vocabseg results")
+
+    p = sub.add_parser("panels", help="qualitative panels: photo, ground truth and each approach's overlay")
+    p.add_argument("--gt-json", type=P, required=True, help="prepared validation panoptic JSON")
+    p.add_argument("--gt-folder", type=P, required=True)
+    p.add_argument("--image-root", type=P, required=True, help="leftImg8bit/<split> folder")
+    p.add_argument("--pred", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "FOLDER"),
+                   help="one approach's panoptic JSON and PNG folder, titled NAME; repeat, in display order")
+    p.add_argument("--count", type=int, default=3, help="the first COUNT images of --gt-json")
+    p.add_argument("--columns", type=int, default=3, help="cells per grid row")
+    p.add_argument("--max-width", type=int, default=512, help="wider images are downscaled to this width")
+    p.add_argument("--out-dir", type=P, required=True, help="receives panel_<image_id>.png")
     return parser
 
 

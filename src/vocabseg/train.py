@@ -5,6 +5,19 @@
 One process per GPU (gloo on CPU); without torchrun it runs as a single process.
 Training state (checkpoints) goes to ``--state-dir`` and is resumed automatically;
 ``--out`` is written only when training is complete.
+
+Kinds (the approach decides the task; every kind trains on ``--train-json``):
+
+* ``finetune``: the set criterion on the ground truth of the ``--split``'s in-classes
+  (all 19 without ``--split``); also the FTZS model, trained on the pseudo-labelled
+  ground truth with all 19 classes, and the synthetic world's base model;
+* ``distill``: the student learns the in-class ground truth with the 19-class text
+  classifier while a frozen copy of ``--init`` (the zero-shot teacher) keeps its
+  out-of-vocabulary queries, see :mod:`vocabseg.approaches.distill`;
+* ``combined``: M1 (FTZS targets: ``--train-json`` is the pseudo-labelled ground
+  truth) and M2 (the same targets minus the pseudo segments: the lower bound's)
+  trained jointly with a loss on their ``--fusion``, see
+  :mod:`vocabseg.approaches.combined`; writes both models into one checkpoint.
 """
 
 from __future__ import annotations
@@ -18,7 +31,7 @@ from typing import Sequence
 from vocabseg.errors import InputError, run_reporting_input_errors
 from vocabseg.fileio import read_json
 
-KINDS = ("finetune",)
+KINDS = ("finetune", "distill", "combined")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path, required=True)
     p.add_argument("--metrics-log", type=Path, required=True)
     p.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    p.add_argument("--fusion", default=None, help="combined: the fusion of the two models' outputs")
     return p
 
 
@@ -43,6 +57,9 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from vocabseg.approaches.fcclip_setup import ModelSpec, build_model, vocab_ids
+    from vocabseg.approaches.combined import CombinedFCCLIP, CombinedTask, InOnlyDataset
+    from vocabseg.approaches.distill import DistillTask, out_class_indices
+    from vocabseg.approaches.fusion import check_fusion
     from vocabseg.approaches.finetune import FinetuneTask
     from vocabseg.data.panoptic_dataset import PanopticTrainDataset
     from vocabseg.data.transforms import AugmentConfig, TrainAugment
@@ -57,14 +74,28 @@ def run(args: argparse.Namespace) -> None:
     cfg = TrainConfig.from_dict(recipe)
 
     split = read_json(args.split) if args.split else None
-    ids = vocab_ids(split)
+    # finetune names the split's in-classes; distill and combined name all 19 (their ground
+    # truth holds in-classes only, the out-classes come from the teacher)
+    ids = vocab_ids(split if args.kind == "finetune" else None)
     text = load_text_classifier(args.text)
     if len(text.num_synonyms) != len(ids):
         raise InputError(f"{args.text}: text classifier has {len(text.num_synonyms)} classes, vocabulary {len(ids)}")
     spec = ModelSpec.from_json(args.model)
     model = build_model(spec, args.init)
     dataset = PanopticTrainDataset(args.train_json, args.train_folder, args.image_root, ids, TrainAugment(augment))
-    task = FinetuneTask(model, text, num_points=num_points)
+    if args.kind == "finetune":
+        task = FinetuneTask(model, text, num_points=num_points)
+    elif args.kind == "distill":
+        if split is None or args.init is None:
+            raise InputError("--kind distill needs --split (its out-classes are distilled) and --init (the teacher)")
+        teacher = build_model(spec, args.init)
+        task = DistillTask(model, teacher, text, out_class_indices(split, ids), num_points=num_points)
+    else:
+        if split is None or args.fusion is None:
+            raise InputError("--kind combined needs --split (M2 learns its in-classes) and --fusion")
+        check_fusion(args.fusion)
+        dataset = InOnlyDataset(dataset, split["in_ids"])
+        task = CombinedTask(CombinedFCCLIP.from_base(model, fusion=args.fusion), text, num_points=num_points)
     train(task, dataset, cfg, out=args.out, state_dir=args.state_dir, metrics_log=args.metrics_log)
 
 

@@ -1,5 +1,6 @@
 # Config validation, path helpers and the approach registry lookups.
 import json
+import shlex
 
 import jsonschema
 from snakemake.exceptions import WorkflowError
@@ -32,7 +33,8 @@ APPROACHES = config["approaches"]
 
 RAW = f"resources/{DATASET}/raw"
 PREPARED = f"resources/{DATASET}/prepared"
-SOURCE = f"{DATASET}-source"  # the synthetic world's source-style city
+SOURCE = f"{DATASET}-source"  # the synthetic world's source-style city ("COCO")
+WEB = f"{DATASET}-web"  # target-style images only the tiny CLIP sees ("the web")
 RESULTS = f"results/{STUDY}"
 LOGS = f"logs/{STUDY}"
 BENCH = f"benchmarks/{STUDY}"
@@ -48,7 +50,7 @@ CLIP_WEIGHTS = f"{RESULTS}/pretrain/clip.pt" if PRETRAIN_BASE else None
 
 wildcard_constraints:
     conf="|".join(sorted(set(config["vocabularies"]) | {"000", EVAL_VOCAB})),
-    city=f"{DATASET}|{SOURCE}",
+    city=f"{DATASET}|{SOURCE}|{WEB}",
 
 
 def approaches_of_kind(*kinds):
@@ -59,7 +61,7 @@ def approaches_of_kind(*kinds):
 
 def final_outputs():
     """Everything `snakemake` builds by default: splits, plots, metrics, the table."""
-    outputs = ["results/table.md"]
+    outputs = ["results/table.md", f"{RESULTS}/figures/panels"]
     for conf in config["vocabularies"]:
         outputs.append(f"{RESULTS}/vocab/{conf}/split.json")
         outputs.append(f"{RESULTS}/vocab/{conf}/class_frequency.png")
@@ -74,12 +76,13 @@ def run_facts(approach):
         "kind": spec["kind"],
         "study": STUDY,
         "dataset": DATASET,
-        "backbone": spec.get("backbone", "-"),
+        "backbone": MODEL["preset"],
+        "label": spec.get("label", "-"),
         "vocab": spec.get("vocab", "-"),
         "iterations": spec.get("iters", 0),
         "eval_vocab": EVAL_VOCAB,
     }
-    return " ".join(f"--fact {key}={value}" for key, value in facts.items())
+    return " ".join(f"--fact {shlex.quote(f'{key}={value}')}" for key, value in facts.items())
 
 
 def model_json():
@@ -90,8 +93,11 @@ def model_json():
     return json.dumps(spec)
 
 
-def recipe_json(iters):
-    """The training recipe of the study for `python -m vocabseg.train --recipe`."""
+def recipe_json(iters, **changes):
+    """The training recipe of the study for `python -m vocabseg.train --recipe`.
+
+    ``changes`` replace training settings (e.g. the base model's learning rate).
+    """
     t = config["training"]
     recipe = {
         key: t[key]
@@ -108,7 +114,7 @@ def recipe_json(iters):
             "num_points",
         )
     }
-    recipe["iters"] = iters
+    recipe.update(changes, iters=iters)
     recipe["augment"] = {
         "crop_size": t["crop"],
         "min_scale": t["min_scale"],
@@ -119,17 +125,71 @@ def recipe_json(iters):
     return json.dumps(recipe)
 
 
+TRAINED = ("finetune", "pseudolabel", "distill")  # one model, trained by rule `train`
+MODEL_KINDS = ("zeroshot", *TRAINED, "combined", "wiseft")  # kinds with weights
+
+
+def check_references():
+    """Approaches named by intersection / wiseft entries exist (and wiseft's is trained)."""
+    for name, spec in APPROACHES.items():
+        for key in ("in", "out", "finetuned"):
+            ref = spec.get(key)
+            if ref is None:
+                continue
+            if ref not in APPROACHES or ref == name:
+                raise WorkflowError(
+                    f"config key approaches.{name}.{key}: no other approach named {ref!r}"
+                )
+            if key == "finetuned" and APPROACHES[ref]["kind"] not in TRAINED:
+                raise WorkflowError(
+                    f"config key approaches.{name}.{key}: {ref!r} is of kind {APPROACHES[ref]['kind']}; "
+                    f"expected one of the kinds {', '.join(TRAINED)}"
+                )
+
+
+check_references()
+
+
+def combined_run(approach):
+    """Folder of a combined training run; approaches that differ only in
+    predict_with share it (and its single training job)."""
+    spec = APPROACHES[approach]
+    return f"{RESULTS}/models/combined_{spec['fusion']}_{spec['vocab']}_{spec['iters']}"
+
+
 def weights_of(approach):
     """Final weights of a model approach (the base model for zeroshot)."""
-    if APPROACHES[approach]["kind"] == "zeroshot":
+    kind = APPROACHES[approach]["kind"]
+    if kind == "zeroshot":
         return BASE_WEIGHTS
+    if kind == "combined":
+        return f"{combined_run(approach)}/model.pt"
     return f"{RESULTS}/models/{approach}/model.pt"
 
 
 def train_split_of(approach):
-    """split.json of the vocabulary an approach was trained on ([] for the base model)."""
+    """split.json of the vocabulary an approach's ground truth came from ([] for the base model).
+
+    Its in-classes join the base model's classes as "seen" in the geometric ensemble.
+    """
     spec = APPROACHES[approach]
+    if spec["kind"] == "wiseft":
+        return train_split_of(spec["finetuned"])
     return [f"{RESULTS}/vocab/{spec['vocab']}/split.json"] if "vocab" in spec else []
+
+
+def train_inputs(approach):
+    """Ground truth and text classifier of a trained approach (rule `train`)."""
+    spec = APPROACHES[approach]
+    conf, kind = spec["vocab"], spec["kind"]
+    gt = f"{RESULTS}/pseudo/{conf}" if kind == "pseudolabel" else f"{RESULTS}/vocab/{conf}"
+    return {
+        "gt_json": f"{gt}/train_panoptic.json",
+        "gt_folder": f"{gt}/train_panoptic",
+        # finetune names its in-classes; FTZS and KD name all 19 (out-classes are learnt too)
+        "text": f"{TEXT}/{conf if kind == 'finetune' else '000'}.pt",
+        "split": f"{RESULTS}/vocab/{conf}/split.json",
+    }
 
 
 def nproc(wildcards, resources):
@@ -141,4 +201,15 @@ def synth_size(city):
     """Size of a synthetic city: the study's (target style) or the pretraining source."""
     if city == SOURCE:
         return config["pretrain"]["source"]
+    if city == WEB:
+        size = config["dataset"]["synthetic"]
+        return {**config["pretrain"]["web"], "height": size["height"], "width": size["width"]}
     return config["dataset"]["synthetic"]
+
+
+def combined_args(approach):
+    """`vocabseg predict` options of a combined approach ("" for single models)."""
+    spec = APPROACHES[approach]
+    if spec["kind"] != "combined":
+        return ""
+    return f"--combined {spec['fusion']} --predict-with {spec.get('predict_with', 'fused')}"

@@ -36,7 +36,7 @@ rule predict:
     benchmark:
         f"{BENCH}/predict/{{approach}}.tsv"
     wildcard_constraints:
-        approach=approaches_of_kind("zeroshot", "finetune"),
+        approach=approaches_of_kind(*MODEL_KINDS),
     conda:
         CONDA_ENV
     threads: 2
@@ -48,8 +48,33 @@ rule predict:
             f"--train-split {input.train_split}" if input.train_split else ""
         ),
         batch=config["inference"]["batch_size"],
+        combined=lambda wc: combined_args(wc.approach),
     shell:
         "vocabseg predict --model {params.model:q} --weights {input.weights} --text {input.text}"
-        " {params.train_split} --gt-json {input.prepared}/cityscapes_panoptic_val.json"
+        " {params.train_split} {params.combined} --gt-json {input.prepared}/cityscapes_panoptic_val.json"
         " --image-root {input.raw}/leftImg8bit/val --out-json {output.json}"
         " --out-folder {output.folder} --batch-size {params.batch} --threads {threads} > {log} 2>&1"
+
+
+rule intersect:
+    input:
+        in_json=lambda wc: f"{RESULTS}/predictions/{APPROACHES[wc.approach]['in']}/panoptic.json",
+        in_folder=lambda wc: f"{RESULTS}/predictions/{APPROACHES[wc.approach]['in']}/panoptic",
+        out_json=lambda wc: f"{RESULTS}/predictions/{APPROACHES[wc.approach]['out']}/panoptic.json",
+        out_folder=lambda wc: f"{RESULTS}/predictions/{APPROACHES[wc.approach]['out']}/panoptic",
+        split=lambda wc: f"{RESULTS}/vocab/{APPROACHES[wc.approach].get('vocab', EVAL_VOCAB)}/split.json",
+    output:
+        json=f"{RESULTS}/predictions/{{approach}}/panoptic.json",
+        folder=directory(f"{RESULTS}/predictions/{{approach}}/panoptic"),
+    log:
+        f"{LOGS}/intersect/{{approach}}.log",
+    benchmark:
+        f"{BENCH}/intersect/{{approach}}.tsv"
+    wildcard_constraints:
+        approach=approaches_of_kind("intersection"),
+    conda:
+        CONDA_ENV
+    shell:
+        "vocabseg intersect --in-json {input.in_json} --in-folder {input.in_folder}"
+        " --out-json {input.out_json} --out-folder {input.out_folder} --split {input.split}"
+        " --merged-json {output.json} --merged-folder {output.folder} > {log} 2>&1"

@@ -1,6 +1,7 @@
 # The synthetic world's base model, standing in for the official COCO weights:
-# a tiny CLIP pretrained on image regions of the source-style city, then a tiny
-# FC-CLIP trained on that city with all 19 classes.
+# a tiny CLIP pretrained on image regions of the source-style city and of "web"
+# images (a target-style city of its own seed), then a tiny FC-CLIP trained on the
+# source-style city alone with all 19 classes.
 
 
 if PRETRAIN_BASE:
@@ -8,6 +9,7 @@ if PRETRAIN_BASE:
     rule pretrain_clip:
         input:
             f"resources/{SOURCE}/raw",
+            f"resources/{WEB}/raw",
         output:
             CLIP_WEIGHTS,
         log:
@@ -45,7 +47,7 @@ if PRETRAIN_BASE:
             gpu=0,
         params:
             model=model_json(),
-            recipe=recipe_json(config["pretrain"]["base_iters"]),
+            recipe=recipe_json(config["pretrain"]["base_iters"], lr=config["pretrain"]["base_lr"]),
             state=f"{RESULTS}/models/base/ckpt",
             nproc=nproc,
         shell:

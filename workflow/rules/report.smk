@@ -3,6 +3,7 @@
 
 localrules:
     report,
+    panels,
 
 
 rule report:
@@ -14,6 +15,9 @@ rule report:
         bars=report(
             f"{RESULTS}/figures/pq_bars.png", caption="../report/pq_bars.rst", category="Results"
         ),
+        tradeoff=report(
+            f"{RESULTS}/figures/tradeoff.png", caption="../report/tradeoff.rst", category="Results"
+        ),
     log:
         f"{LOGS}/report.log",
     benchmark:
@@ -24,4 +28,38 @@ rule report:
         title=config["title"],
     shell:
         "vocabseg report --metrics {input} --table-md {output.md} --table-csv {output.csv}"
-        " --bars {output.bars} --title {params.title:q} > {log} 2>&1"
+        " --bars {output.bars} --tradeoff {output.tradeoff} --title {params.title:q} > {log} 2>&1"
+
+
+# Qualitative panels: photo, ground truth and every approach's prediction (not the
+# oracle's, which is the ground truth) on the first validation images.
+PANEL_APPROACHES = [name for name, spec in APPROACHES.items() if spec["kind"] != "oracle"]
+
+
+rule panels:
+    input:
+        prepared=PREPARED,
+        raw=RAW,
+        preds=[f"{RESULTS}/predictions/{name}/panoptic.json" for name in PANEL_APPROACHES],
+    output:
+        report(
+            directory(f"{RESULTS}/figures/panels"),
+            patterns=["panel_{image}.png"],
+            caption="../report/panels.rst",
+            category="Qualitative",
+        ),
+    log:
+        f"{LOGS}/panels.log",
+    benchmark:
+        f"{BENCH}/panels.tsv"
+    conda:
+        CONDA_ENV
+    params:
+        preds=" ".join(
+            f"--pred {name} {RESULTS}/predictions/{name}/panoptic.json {RESULTS}/predictions/{name}/panoptic"
+            for name in PANEL_APPROACHES
+        ),
+    shell:
+        "vocabseg panels --gt-json {input.prepared}/cityscapes_panoptic_val.json"
+        " --gt-folder {input.prepared}/cityscapes_panoptic_val --image-root {input.raw}/leftImg8bit/val"
+        " {params.preds} --count 3 --out-dir {output} > {log} 2>&1"
