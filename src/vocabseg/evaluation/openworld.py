@@ -1,0 +1,557 @@
+"""Open-world segmentation metrics (seed 003, ContMAV): known mIoU, anomaly AUPR /
+FPR95 / AUROC, open-world mIoU of discovered classes, class-similarity accuracy.
+
+What: the metrics of Sodano et al., CVPR 2024 ([P] §4.1, facts file §5), computed
+from per-pixel arrays that any open-world model produces (closed-world prediction,
+unknown score, open-world label map, most similar known class), accumulated image by
+image, and written as a JSON like ``evaluate_panoptic``'s metrics files.
+
+Why here and not in the model code: the definitions (tie handling, the FPR95
+operating point, the matching of discovered classes) decide whether numbers are
+comparable across variants and with the paper, so they live in one tested place.
+
+Label spaces. Ground truth: ``0 .. K-1`` known classes, ``K .. K+U-1`` unknown
+(held-out) classes, ``ignore_index`` (default 255) void; void pixels count nowhere.
+Open-world prediction: ``0 .. K-1`` known classes, ``K + g`` discovered class g.
+
+Definitions (all values are fractions in [0, 1]; ``None`` when undefined):
+
+* **Known mIoU** (``known``): confusion over GT pixels of known classes, rows the GT
+  class, columns the predicted known class or a last "other" column (any prediction
+  outside ``0..K-1``); ``IoU_c = TP / (TP + FP + FN)``, mean over classes with a
+  non-zero denominator (:func:`vocabseg.evaluation.semantic.semantic_metrics`).
+  ``known`` uses the closed-world prediction ``argmax f`` on GT-known pixels, as
+  [C]'s validation (torchmetrics ``JaccardIndex``, unknown GT set to 255) and the
+  paper's Table 1; ``known_openworld`` uses the open-world map, so a known pixel
+  flagged unknown is a miss of its class.
+* **Anomaly** (``anomaly``): unknown GT pixels are positives, known GT pixels
+  negatives, the score is ``s_unk`` (higher = more unknown). With the distinct scores
+  ``t_1 > t_2 > ... > t_m`` and ``TP_i``, ``FP_i`` the positives / negatives with
+  score ``>= t_i`` (P, N the totals), exactly as scikit-learn (tied scores form one
+  point of the curves):
+
+  - AUPR = ``Σ_i (R_i − R_{i−1}) · Prec_i``, ``R_i = TP_i / P``, ``R_0 = 0``,
+    ``Prec_i = TP_i / (TP_i + FP_i)`` (``average_precision_score``; no interpolation);
+  - AUROC = trapezoidal area under ``(FP_i / N, TP_i / P)`` from ``(0, 0)``
+    (``roc_auc_score``), i.e. ``P(s⁺ > s⁻) + ½ P(s⁺ = s⁻)``;
+  - FPR95 = ``FP_i / N`` at the first point (highest threshold) with ``TPR_i >= 0.95``,
+    tested exactly in integers (``20 TP_i >= 19 P``): the lowest false-positive rate
+    of any threshold that finds 95 % of the unknown pixels; with ``roc_curve(...,
+    drop_intermediate=False)`` it is ``fpr[searchsorted(tpr, 0.95)]``.
+
+  AUPR needs P > 0; AUROC and FPR95 need P > 0 and N > 0.
+* **Open-world mIoU** (``open_world``): ``M[g, c]`` = pixels predicted as discovered
+  class g with GT class c (non-void GT); ``IoU(g, u) = M[g, u] / (|pred = g| + |GT = u|
+  − M[g, u])`` over non-void pixels. Discovered classes are matched **one-to-one** to
+  the U unknown GT classes by the Hungarian algorithm maximising the summed IoU
+  (``scipy.optimize.linear_sum_assignment``). Each unknown GT class present gets the
+  IoU of its match (0 if none overlaps); the mean is over those classes. One-to-one
+  and not each cluster's most-overlapping GT class ([P] §4.1's wording): with the
+  unbounded number of classes of the online clustering, a many-to-one score would
+  reward splitting an object into many small clusters, and the global optimum is
+  independent of the order of the clusters (a greedy pick is not).
+* **Class similarity** (``class_similarity``): for an unknown GT class u with a target
+  known class ``t(u)`` (the paper's lookup table, e.g. motorcycle → car, train →
+  truck, [P] §4.4), ``accuracy(u)`` = fraction of the GT pixels of u whose most
+  similar known class ``k̃ = argmax_k s_k`` equals ``t(u)``; ``accuracy_flagged(u)``
+  is the same over those pixels flagged unknown. The pooled values are the mean over
+  classes with pixels. All GT pixels make ``accuracy`` independent of the threshold δ.
+
+Streaming: :class:`ExactScores` keeps every score (exact; fine for the synthetic
+city). For Cityscapes-size data, :class:`BinnedScores` keeps two histograms over
+``[0, 1]`` (default 2^16 bins); its metrics are the exact metrics of the quantised
+scores, and it reports a guaranteed bound on the difference to the exact metrics
+(derived in :meth:`BinnedScores.error_bound`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vocabseg.evaluation.semantic import semantic_metrics
+from vocabseg.fileio import write_json_atomic
+
+__all__ = [
+    "FPR_TPR",
+    "curve_counts",
+    "metrics_from_counts",
+    "average_precision",
+    "auroc",
+    "fpr_at_tpr",
+    "ExactScores",
+    "BinnedScores",
+    "known_confusion",
+    "discovered_contingency",
+    "match_discovered",
+    "OpenWorldAccumulator",
+    "write_openworld_metrics",
+    "openworld_table_row",
+]
+
+#: The TPR of the FPR95 operating point.
+FPR_TPR = 0.95
+
+
+def _numpy(a: Any) -> np.ndarray:
+    """A numpy view of a numpy array, a torch tensor (any device) or a sequence."""
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+# ---------------------------------------------------------------- anomaly curves
+def curve_counts(scores: Any, positive: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative counts at each distinct score, highest first.
+
+    ``scores`` [N] float, ``positive`` [N] bool (any shape, flattened) ->
+    ``(tp [m], fp [m])`` int64: positives / negatives with score ``>= t_i`` for the m
+    distinct scores ``t_1 > ... > t_m`` (scikit-learn's ``_binary_clf_curve``).
+    """
+    s = _numpy(scores).astype(np.float64, copy=False).ravel()
+    y = _numpy(positive).astype(bool, copy=False).ravel()
+    if s.shape != y.shape:
+        raise ValueError(f"{s.size} scores but {y.size} labels")
+    if not np.isfinite(s).all():
+        raise ValueError("unknown scores must be finite")
+    if s.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    last = np.append(np.flatnonzero(s[1:] != s[:-1]), s.size - 1)  # end of each tie group
+    tp = np.cumsum(y, dtype=np.int64)[last]
+    return tp, last + 1 - tp
+
+
+def _first_at_tpr(tp: np.ndarray, n_pos: int, target: float) -> int:
+    """Index of the first point with ``tp / n_pos >= target``, compared exactly."""
+    frac = Fraction(str(target))
+    if not 0 < frac <= 1:
+        raise ValueError(f"target TPR must lie in (0, 1], got {target}")
+    wide = n_pos * frac.denominator >= 2**62  # beyond int64: Python integers
+    counts = tp.astype(object) if wide else tp.astype(np.int64)
+    ok = np.asarray(counts * frac.denominator >= frac.numerator * n_pos, dtype=bool)
+    return int(np.argmax(ok))  # the last point has tp = n_pos, so some point qualifies
+
+
+def metrics_from_counts(tp: np.ndarray, fp: np.ndarray, tpr: float = FPR_TPR) -> dict:
+    """AUPR, AUROC, FPR at ``tpr`` from :func:`curve_counts`-style cumulative counts.
+
+    Returns ``{"aupr", "auroc", "fpr95", "n_unknown", "n_known"}`` (the FPR key keeps
+    its name whatever ``tpr``); undefined values are None (see the module docstring).
+    """
+    n_pos = int(tp[-1]) if tp.size else 0
+    n_neg = int(fp[-1]) if fp.size else 0
+    out: dict[str, Any] = {"aupr": None, "auroc": None, "fpr95": None, "n_unknown": n_pos, "n_known": n_neg}
+    if n_pos == 0:
+        return out
+    tp_f, fp_f = tp.astype(np.float64), fp.astype(np.float64)
+    precision = tp_f / (tp_f + fp_f)
+    recall_step = np.diff(tp_f, prepend=0.0) / n_pos
+    out["aupr"] = float(np.sum(recall_step * precision))
+    if n_neg == 0:
+        return out
+    tp0, fp0 = np.append(0.0, tp_f), np.append(0.0, fp_f)
+    out["auroc"] = float(np.sum(np.diff(fp0) * (tp0[1:] + tp0[:-1])) / (2.0 * n_pos * n_neg))
+    out["fpr95"] = float(fp[_first_at_tpr(tp, n_pos, tpr)] / n_neg)
+    return out
+
+
+def average_precision(scores: Any, positive: Any) -> float | None:
+    """AUPR of ``scores`` for ``positive`` pixels (= ``sklearn.metrics.average_precision_score``)."""
+    return metrics_from_counts(*curve_counts(scores, positive))["aupr"]
+
+
+def auroc(scores: Any, positive: Any) -> float | None:
+    """Area under the ROC curve (= ``sklearn.metrics.roc_auc_score``)."""
+    return metrics_from_counts(*curve_counts(scores, positive))["auroc"]
+
+
+def fpr_at_tpr(scores: Any, positive: Any, tpr: float = FPR_TPR) -> float | None:
+    """False-positive rate at the highest threshold reaching TPR >= ``tpr`` (FPR95)."""
+    return metrics_from_counts(*curve_counts(scores, positive), tpr=tpr)["fpr95"]
+
+
+class ExactScores:
+    """Keeps every (score, is-unknown) pair; :meth:`metrics` is exact. Memory 9 B/pixel."""
+
+    method = "exact"
+
+    def __init__(self) -> None:
+        self._scores: list[np.ndarray] = []
+        self._positive: list[np.ndarray] = []
+
+    def update(self, scores: Any, positive: Any) -> None:
+        """Add ``scores`` [...] float and ``positive`` [...] bool of one image or batch."""
+        s = _numpy(scores).astype(np.float64).ravel()
+        y = _numpy(positive).astype(bool).ravel()
+        if s.shape != y.shape:
+            raise ValueError(f"{s.size} scores but {y.size} labels")
+        self._scores.append(s)
+        self._positive.append(y)
+
+    def counts(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self._scores:
+            return curve_counts(np.zeros(0), np.zeros(0, bool))
+        return curve_counts(np.concatenate(self._scores), np.concatenate(self._positive))
+
+    def metrics(self) -> dict:
+        out = metrics_from_counts(*self.counts())
+        out.update(method=self.method, bins=None, error_bound={"aupr": 0.0, "auroc": 0.0, "fpr95": 0.0})
+        return out
+
+
+class BinnedScores:
+    """Histogram accumulation for large data: ``n_bins`` equal bins over ``[lo, hi]``.
+
+    A score s falls into bin ``min(floor((s − lo) / (hi − lo) · n_bins), n_bins − 1)``;
+    scores outside ``[lo, hi]`` are an error (``s_unk`` lies in [0, 1]). The metrics
+    are those of :func:`metrics_from_counts` with every score replaced by its bin, i.e.
+    all scores of a bin count as tied. Memory ``16 · n_bins`` bytes.
+    """
+
+    method = "binned"
+
+    def __init__(self, n_bins: int = 2**16, lo: float = 0.0, hi: float = 1.0) -> None:
+        if n_bins < 1 or not hi > lo:
+            raise ValueError(f"need n_bins >= 1 and hi > lo, got {n_bins}, [{lo}, {hi}]")
+        self.n_bins, self.lo, self.hi = int(n_bins), float(lo), float(hi)
+        self.pos = np.zeros(self.n_bins, np.int64)
+        self.neg = np.zeros(self.n_bins, np.int64)
+
+    def bin_index(self, scores: Any) -> np.ndarray:
+        """Bin of each score, [...] -> [...] int64."""
+        s = _numpy(scores).astype(np.float64)
+        if not np.isfinite(s).all() or (s < self.lo).any() or (s > self.hi).any():
+            raise ValueError(f"unknown scores must lie in [{self.lo}, {self.hi}]")
+        idx = np.floor((s - self.lo) / (self.hi - self.lo) * self.n_bins).astype(np.int64)
+        return np.minimum(idx, self.n_bins - 1)
+
+    def update(self, scores: Any, positive: Any) -> None:
+        idx = self.bin_index(scores).ravel()
+        y = _numpy(positive).astype(bool).ravel()
+        if idx.shape != y.shape:
+            raise ValueError(f"{idx.size} scores but {y.size} labels")
+        self.pos += np.bincount(idx[y], minlength=self.n_bins)
+        self.neg += np.bincount(idx[~y], minlength=self.n_bins)
+
+    def _nonempty_desc(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-bin (positives, negatives) of the non-empty bins, highest bin first."""
+        keep = (self.pos + self.neg) > 0
+        return self.pos[keep][::-1], self.neg[keep][::-1]
+
+    def counts(self) -> tuple[np.ndarray, np.ndarray]:
+        p, n = self._nonempty_desc()
+        return np.cumsum(p), np.cumsum(n)
+
+    def error_bound(self, tpr: float = FPR_TPR) -> dict:
+        """Guaranteed ``|binned − exact|`` for the scores accumulated so far.
+
+        With bins b = 1..B from the top, ``p_b``, ``n_b`` their positives / negatives,
+        ``TP_b``, ``FP_b`` the cumulative counts through bin b (``TP_0 = FP_0 = 0``):
+
+        * AUROC: pairs in different bins keep their order; a positive/negative pair in
+          one bin counts ½ binned and 0, ½ or 1 exactly, so the error is at most
+          ``Σ_b p_b n_b / (2 P N)``.
+        * FPR95: the binned point is the first bin j reaching the TPR; the exact
+          threshold must lie inside bin j (above it the TPR is too low, its bottom
+          qualifies), so ``FP_{j−1}/N <= exact <= binned = FP_j/N``: at most ``n_j / N``
+          (the binned value never under-states the FPR).
+        * AUPR: bin b contributes ``(p_b / P) · Prec_b`` binned and, exactly, recall steps
+          summing to ``p_b / P`` at precisions inside ``[lo_b, hi_b]``, where
+          ``lo_b = (TP_{b−1} + 1) / (TP_{b−1} + 1 + FP_b)`` and
+          ``hi_b = TP_b / (TP_b + FP_{b−1})`` (precision grows with TP, falls with FP;
+          ``Prec_b`` is inside too): at most ``Σ_b (p_b / P)(hi_b − lo_b)``.
+
+        Values are None where the metric is undefined.
+        """
+        p, n = self._nonempty_desc()
+        n_pos, n_neg = int(p.sum()), int(n.sum())
+        out: dict[str, float | None] = {"aupr": None, "auroc": None, "fpr95": None}
+        if n_pos == 0:
+            return out
+        tp, fp = np.cumsum(p).astype(np.float64), np.cumsum(n).astype(np.float64)
+        tp_prev, fp_prev = np.append(0.0, tp[:-1]), np.append(0.0, fp[:-1])
+        has = p > 0
+        lo = (tp_prev + 1) / (tp_prev + 1 + fp)
+        hi = tp / np.maximum(tp + fp_prev, 1.0)
+        out["aupr"] = float(np.sum(np.where(has, p / n_pos * (hi - lo), 0.0)))
+        if n_neg == 0:
+            return out
+        out["auroc"] = float(np.sum(p.astype(np.float64) * n) / (2.0 * n_pos * n_neg))
+        j = _first_at_tpr(np.cumsum(p), n_pos, tpr)
+        out["fpr95"] = float(n[j] / n_neg)
+        return out
+
+    def metrics(self) -> dict:
+        out = metrics_from_counts(*self.counts())
+        out.update(method=self.method, bins=self.n_bins, error_bound=self.error_bound())
+        return out
+
+
+# ---------------------------------------------------------------- segmentation counts
+def known_confusion(pred: Any, gt: Any, n_known: int) -> np.ndarray:
+    """(K, K + 1) int64 confusion over GT pixels with ``0 <= gt < K``.
+
+    Column ``K`` collects predictions outside ``0..K-1`` (unknown / discovered); GT
+    pixels outside ``0..K-1`` (void, unknown classes) are skipped.
+    """
+    p, g = _numpy(pred).astype(np.int64).ravel(), _numpy(gt).astype(np.int64).ravel()
+    if p.shape != g.shape:
+        raise ValueError(f"prediction has {p.size} pixels, ground truth {g.size}")
+    keep = (g >= 0) & (g < n_known)
+    col = np.where((p >= 0) & (p < n_known), p, n_known)[keep]
+    cells = g[keep] * (n_known + 1) + col
+    return np.bincount(cells, minlength=n_known * (n_known + 1)).reshape(n_known, n_known + 1)
+
+
+def discovered_contingency(pred: Any, gt: Any, n_known: int, n_classes: int) -> np.ndarray:
+    """(G, K + U) int64 counts ``M[g, c]`` of pixels predicted ``K + g`` with GT c.
+
+    ``n_classes`` = K + U; GT outside ``0..K+U-1`` (void) is skipped; G is one more
+    than the largest discovered class in ``pred`` (0 if none).
+    """
+    p, g = _numpy(pred).astype(np.int64).ravel(), _numpy(gt).astype(np.int64).ravel()
+    keep = (g >= 0) & (g < n_classes) & (p >= n_known)
+    d = p[keep] - n_known
+    n_disc = int(d.max()) + 1 if d.size else 0
+    return np.bincount(d * n_classes + g[keep], minlength=n_disc * n_classes).reshape(n_disc, n_classes)
+
+
+def match_discovered(
+    contingency: np.ndarray, gt_area: np.ndarray, n_known: int
+) -> list[tuple[float | None, int | None]]:
+    """Hungarian one-to-one match of discovered classes to the unknown GT classes.
+
+    ``contingency`` [G, K + U] (:func:`discovered_contingency`), ``gt_area`` [K + U]
+    non-void GT pixels per class -> per unknown class u = K..K+U-1:
+    ``(IoU, g)`` of its match, ``(0.0, None)`` if no discovered class overlaps it,
+    ``(None, None)`` if u has no GT pixel. Maximises ``Σ IoU(g, u)``.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    n_unknown = gt_area.shape[0] - n_known
+    inter = contingency[:, n_known:].astype(np.float64)  # [G, U]
+    union = contingency.sum(axis=1, keepdims=True) + gt_area[None, n_known:] - inter
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    iou[:, gt_area[n_known:] == 0] = 0.0  # absent classes are never matched
+    result: list[tuple[float | None, int | None]] = [
+        (0.0, None) if gt_area[n_known + u] > 0 else (None, None) for u in range(n_unknown)
+    ]
+    if iou.size:
+        rows, cols = linear_sum_assignment(iou, maximize=True)
+        for g, u in zip(rows.tolist(), cols.tolist()):
+            if iou[g, u] > 0:  # only for present classes (see above)
+                result[u] = (float(iou[g, u]), g)
+    return result
+
+
+# ---------------------------------------------------------------- accumulator
+class OpenWorldAccumulator:
+    """Accumulates every open-world metric image by image; :meth:`summarize` gives the
+    results dict (schema in the module docstring and :func:`write_openworld_metrics`).
+
+    ``n_known`` K, ``n_unknown`` U (GT labels ``K..K+U-1``), ``ignore_index`` GT void;
+    ``score_bins`` None keeps every score (exact), an int uses :class:`BinnedScores`;
+    ``similar_targets`` maps an unknown GT label to its most similar known class (the
+    class-similarity lookup table); ``class_names`` (K + U names) keys the per-class
+    entries (default: the label as a string).
+    """
+
+    def __init__(
+        self,
+        n_known: int,
+        n_unknown: int = 0,
+        *,
+        ignore_index: int = 255,
+        score_bins: int | None = None,
+        similar_targets: Mapping[int, int] | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        self.k, self.u, self.ignore = int(n_known), int(n_unknown), int(ignore_index)
+        if self.k < 1 or self.u < 0 or 0 <= self.ignore < self.k + self.u:
+            raise ValueError(f"bad label space: K={n_known}, U={n_unknown}, ignore_index={ignore_index}")
+        self.names = [str(i) for i in range(self.k + self.u)] if class_names is None else list(class_names)
+        if len(self.names) != self.k + self.u or len(set(self.names)) != len(self.names):
+            raise ValueError(f"class_names must be {self.k + self.u} distinct names, got {class_names!r}")
+        self.targets = dict(similar_targets or {})
+        for u, t in self.targets.items():
+            if not (self.k <= u < self.k + self.u and 0 <= t < self.k):
+                raise ValueError(f"similar_targets: {u} -> {t} must map an unknown label to a known class")
+        self.scores = ExactScores() if score_bins is None else BinnedScores(score_bins)
+        self.confusion = np.zeros((self.k, self.k + 1), np.int64)
+        self.confusion_ow = np.zeros((self.k, self.k + 1), np.int64)
+        self.contingency = np.zeros((0, self.k + self.u), np.int64)
+        self.gt_area = np.zeros(self.k + self.u, np.int64)
+        self.similar_counts = np.zeros((self.u, 4), np.int64)  # n, correct, n flagged, correct flagged
+        self.n_images = 0
+        self._has_ow = self._has_similar = False
+
+    def _gt(self, gt: Any) -> np.ndarray:
+        g = _numpy(gt).astype(np.int64)
+        bad = (g != self.ignore) & ((g < 0) | (g >= self.k + self.u))
+        if bad.any():
+            raise ValueError(
+                f"ground truth label {int(g[bad][0])} is neither a class (0..{self.k + self.u - 1}) "
+                f"nor ignore_index {self.ignore}"
+            )
+        return g
+
+    def update(
+        self,
+        gt: Any,
+        *,
+        semantic_pred: Any,
+        unknown_score: Any,
+        openworld_pred: Any | None = None,
+        similar: Any | None = None,
+    ) -> None:
+        """Add one image or batch; every array has the GT's shape ([H, W] or [B, H, W]).
+
+        ``semantic_pred`` closed-world argmax, ``unknown_score`` s_unk, ``openworld_pred``
+        the open-world map (unknown pixels ``K + g``), ``similar`` the most similar
+        known class k̃. The optional ones must be given for every image or for none.
+        """
+        g = self._gt(gt)
+        arrays = {"semantic_pred": semantic_pred, "unknown_score": unknown_score}
+        arrays.update(openworld_pred=openworld_pred, similar=similar)
+        for key, value in arrays.items():
+            if value is not None and _numpy(value).shape != g.shape:
+                raise ValueError(f"{key} has shape {_numpy(value).shape}, ground truth {g.shape}")
+        first = self.n_images == 0
+        for flag, value in (("_has_ow", openworld_pred), ("_has_similar", similar)):
+            if first:
+                setattr(self, flag, value is not None)
+            elif getattr(self, flag) != (value is not None):
+                raise ValueError("openworld_pred / similar must be given for every image or for none")
+        self.n_images += 1
+
+        valid = g != self.ignore
+        self.gt_area += np.bincount(g[valid], minlength=self.k + self.u)
+        self.confusion += known_confusion(semantic_pred, g, self.k)
+        labelled = valid & (g < self.k + self.u)
+        self.scores.update(_numpy(unknown_score)[labelled], g[labelled] >= self.k)
+        if openworld_pred is not None:
+            ow = _numpy(openworld_pred).astype(np.int64)
+            self.confusion_ow += known_confusion(ow, g, self.k)
+            self._add_contingency(discovered_contingency(ow, g, self.k, self.k + self.u))
+        if similar is not None and self.u:
+            self._add_similarity(g, _numpy(similar).astype(np.int64), openworld_pred)
+
+    def _add_contingency(self, part: np.ndarray) -> None:
+        if part.shape[0] > self.contingency.shape[0]:
+            grown = np.zeros_like(part)
+            grown[: self.contingency.shape[0]] = self.contingency
+            self.contingency = grown
+        self.contingency[: part.shape[0]] += part
+
+    def _add_similarity(self, g: np.ndarray, similar: np.ndarray, openworld_pred: Any | None) -> None:
+        flagged = None if openworld_pred is None else _numpy(openworld_pred) >= self.k
+        for label, target in self.targets.items():
+            on = g == label
+            hit = on & (similar == target)
+            row = self.similar_counts[label - self.k]
+            row[0] += int(on.sum())
+            row[1] += int(hit.sum())
+            if flagged is not None:
+                row[2] += int((on & flagged).sum())
+                row[3] += int((hit & flagged).sum())
+
+    def summarize(self) -> dict:
+        """The results dict: ``known``, ``known_openworld``, ``anomaly``, ``open_world``,
+        ``class_similarity`` (None where no input), ``n_images``, ``classes``."""
+        known_names = self.names[: self.k]
+        results: dict[str, Any] = {
+            "n_images": self.n_images,
+            "classes": {"known": known_names, "unknown": self.names[self.k :]},
+            "known": semantic_metrics(self.confusion, known_names),
+            "known_openworld": semantic_metrics(self.confusion_ow, known_names) if self._has_ow else None,
+            "anomaly": self.scores.metrics(),
+            "open_world": self._open_world() if self._has_ow else None,
+            "class_similarity": self._class_similarity() if self._has_similar and self.targets else None,
+        }
+        return results
+
+    def _open_world(self) -> dict:
+        matches = match_discovered(self.contingency, self.gt_area, self.k)
+        per_class = {
+            self.names[self.k + u]: {"iou": iou, "match": g} for u, (iou, g) in enumerate(matches)
+        }
+        present = [iou for iou, _ in matches if iou is not None]
+        return {
+            "miou": sum(present) / len(present) if present else None,
+            "per_class": per_class,
+            "n_discovered": int(self.contingency.shape[0]),
+            "matching": "hungarian",
+        }
+
+    def _class_similarity(self) -> dict:
+        per_class, acc, acc_flagged = {}, [], []
+        for label, target in sorted(self.targets.items()):
+            n, hit, n_f, hit_f = self.similar_counts[label - self.k].tolist()
+            a = hit / n if n else None
+            a_f = hit_f / n_f if n_f else None
+            per_class[self.names[label]] = {
+                "target": self.names[target], "accuracy": a, "n": n, "accuracy_flagged": a_f, "n_flagged": n_f,
+            }
+            acc += [a] if a is not None else []
+            acc_flagged += [a_f] if a_f is not None else []
+        return {
+            "accuracy": sum(acc) / len(acc) if acc else None,
+            "accuracy_flagged": sum(acc_flagged) / len(acc_flagged) if acc_flagged else None,
+            "per_class": per_class,
+        }
+
+
+# ---------------------------------------------------------------- output
+def _json_clean(value: Any) -> Any:
+    """NaN/inf -> None, numpy scalars -> Python (strict JSON)."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_openworld_metrics(results: Mapping, out: Path | str, run: Mapping | None = None) -> None:
+    """Write the :meth:`OpenWorldAccumulator.summarize` dict as sorted, indented JSON.
+
+    ``run`` (the approach's run facts: approach, kind, study, dataset, ...) is stored
+    under ``"run"`` as in ``evaluate-panoptic --fact``; values are fractions in [0, 1]
+    like the panoptic metrics files. Written atomically.
+    """
+    data = dict(results)
+    if run is not None:
+        data["run"] = dict(run)
+    write_json_atomic(_json_clean(data), out)
+
+
+def _x100(value: float | None) -> float | None:
+    return None if value is None else round(100.0 * value, 3)
+
+
+def openworld_table_row(results: Mapping) -> dict:
+    """One row of the open-world table (x100, 3 decimals; None prints as "-"):
+    approach, mIoU known, AUPR, FPR95, AUROC, OW mIoU, class similarity."""
+    anomaly = results.get("anomaly") or {}
+    ow = results.get("open_world") or {}
+    sim = results.get("class_similarity") or {}
+    run = results.get("run") or {}
+    return {
+        "approach": run.get("approach", "-"),
+        "mIoU known": _x100((results.get("known") or {}).get("miou")),
+        "AUPR": _x100(anomaly.get("aupr")),
+        "FPR95": _x100(anomaly.get("fpr95")),
+        "AUROC": _x100(anomaly.get("auroc")),
+        "OW mIoU": _x100(ow.get("miou")),
+        "class sim": _x100(sim.get("accuracy")),
+    }
