@@ -14,21 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from study_configs import TINY
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.workflow
-
-TINY = {
-    "study": "tiny",
-    "title": "tiny synthetic study",
-    "dataset": {
-        "name": "tinycity",
-        "kind": "synthetic",
-        "synthetic": {"train": 4, "val": 3, "height": 64, "width": 128, "seed": 3},
-    },
-    "vocabularies": ["000", "008"],
-    "eval_vocab": "008",
-    "approaches": {"oracle": {"kind": "oracle"}},
-}
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:

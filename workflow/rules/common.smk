@@ -197,6 +197,16 @@ def nproc(wildcards, resources):
     return max(1, int(resources.gpu))
 
 
+def minutes_per_attempt(minutes):
+    """Time limit (resource `runtime`) of `minutes` times the attempt: a job killed at its
+    limit is resubmitted (--retries) with more time and resumes from its checkpoint."""
+
+    def runtime(wildcards, attempt):
+        return minutes * attempt
+
+    return runtime
+
+
 def synth_size(city):
     """Size of a synthetic city: the study's (target style) or the pretraining source."""
     if city == SOURCE:

@@ -30,6 +30,7 @@ else:
         benchmark:
             f"benchmarks/{DATASET}/download_cityscapes.tsv"
         retries: 3
+        localrule: True
         conda:
             CONDA_ENV
         params:

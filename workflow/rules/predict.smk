@@ -42,6 +42,10 @@ rule predict:
     threads: 2
     resources:
         gpu=0,
+        cpus_per_gpu=4,
+        tasks_per_gpu=0,
+        mem_mb=32000,
+        runtime=minutes_per_attempt(60),
     params:
         model=model_json(),
         train_split=lambda wc, input: (

@@ -45,6 +45,10 @@ if PRETRAIN_BASE:
         threads: 2
         resources:
             gpu=0,
+            cpus_per_gpu=8,
+            tasks_per_gpu=0,
+            mem_mb=32000,
+            runtime=minutes_per_attempt(240),
         params:
             model=model_json(),
             recipe=recipe_json(config["pretrain"]["base_iters"], lr=config["pretrain"]["base_lr"]),
@@ -66,6 +70,7 @@ else:
             BASE_WEIGHTS,
         log:
             f"{LOGS}/official_weights.log",
+        localrule: True
         conda:
             CONDA_ENV
         params:

@@ -20,6 +20,10 @@ rule predict_teacher:
     threads: 2
     resources:
         gpu=0,
+        cpus_per_gpu=4,
+        tasks_per_gpu=0,
+        mem_mb=32000,
+        runtime=minutes_per_attempt(180),
     params:
         model=model_json(),
         batch=config["inference"]["batch_size"],

@@ -3,6 +3,8 @@
 # resumes where it stopped. One thread per CPU job: the tiny model's steps scale badly
 # across threads, so two jobs side by side finish sooner than two 2-thread jobs in a
 # row; a cluster profile raises it (set-threads) for big models.
+# GPUs: none here (torchrun starts one CPU process); a cluster profile or
+# `--set-resources train:gpu=4` sets them, and torchrun starts one process per GPU.
 
 
 rule train:
@@ -23,6 +25,10 @@ rule train:
     threads: 1
     resources:
         gpu=0,
+        cpus_per_gpu=8,
+        tasks_per_gpu=0,
+        mem_mb=64000,
+        runtime=minutes_per_attempt(240),
     params:
         # FTZS is a fine-tuning on pseudo-labelled ground truth of all 19 classes
         kind=lambda wc: {"pseudolabel": "finetune"}.get(
@@ -66,6 +72,10 @@ rule train_combined:
     threads: 1
     resources:
         gpu=0,
+        cpus_per_gpu=8,
+        tasks_per_gpu=0,
+        mem_mb=64000,
+        runtime=minutes_per_attempt(240),
     params:
         model=model_json(),
         recipe=lambda wc: recipe_json(int(wc.iters)),
