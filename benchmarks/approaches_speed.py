@@ -68,7 +68,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -81,7 +80,8 @@ GT_PER_IMAGE = 4  # ground-truth rectangles per image of the FTZS measurement
 PSEUDO_PER_IMAGE = 3  # out-class segments per image of the stand-in teacher (cached pseudo-labels)
 TARGETS_PER_IMAGE = 4  # target rectangles per image of the combined measurement (half in, half out)
 VOCAB = "008"
-RESULT_PREFIX = "RESULT "
+RESULT_PREFIX = fs.RESULT_PREFIX  # what fs.run_child reads
+mean = fs.mean
 
 
 # --------------------------------------------------------------------------- child side
@@ -395,19 +395,7 @@ def spawn(mode: str, args: argparse.Namespace) -> dict:
         "--threshold", repr(args.threshold), "--min-pixels", str(args.min_pixels),
         "--num-points", str(args.num_points), "--fusion", args.fusion, "--seed", str(args.seed),
     ]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"{mode}: subprocess failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    result = json.loads(lines[-1][len(RESULT_PREFIX):])
-    if result["network_attempts"]:
-        raise SystemExit(f"{mode}: network access attempted: {result['network_attempts']}")
-    return result
-
-
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
+    return fs.run_child(cmd, mode)
 
 
 def load_range(r: dict) -> str:

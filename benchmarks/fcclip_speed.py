@@ -260,16 +260,22 @@ def spawn(preset: str, mode: str, args: argparse.Namespace) -> dict:
         "--threads", str(args.threads), "--images", str(args.images), "--steps", str(args.steps),
         "--size", *map(str, args.size), "--train-size", *map(str, args.train_size), "--seed", str(args.seed),
     ]
+    return run_child(cmd, f"{preset} {mode}")
+
+
+def run_child(cmd: list[str], label: str) -> dict:
+    """Run a measurement process offline; the dict of its last ``RESULT_PREFIX`` line.
+
+    Stops the benchmark (naming ``label``) if the process failed or tried the network.
+    """
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
     if proc.returncode != 0 or not lines:
-        raise SystemExit(
-            f"{preset} {mode}: subprocess failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-        )
+        raise SystemExit(f"{label}: subprocess failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     result = json.loads(lines[-1][len(RESULT_PREFIX):])
     if result["network_attempts"]:
-        raise SystemExit(f"{preset} {mode}: network access attempted: {result['network_attempts']}")
+        raise SystemExit(f"{label}: network access attempted: {result['network_attempts']}")
     return result
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 from vocabseg.approaches.fcclip_setup import ModelSpec, build_model, vocab_ids

@@ -485,22 +485,19 @@ FAST_POLLING = (
 )
 
 
+def run_study_through_profile(tmp_path: Path, study: dict, *extra: str) -> subprocess.CompletedProcess:
+    """Run ``study`` through profiles/pbs with the stand-in PBS, fast polling, 2 jobs at a time."""
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(study, sort_keys=False))
+    return snakemake(
+        tmp_path, standin_env(tmp_path), "--profile", str(PROFILE), "--configfile", str(config),
+        "--jobs", "2", *extra, *FAST_POLLING,
+    )
+
+
 @pytest.mark.workflow
 def test_tiny_study_runs_through_the_pbs_profile(tmp_path):
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(TINY, sort_keys=False))
-    env = standin_env(tmp_path)
-    res = snakemake(
-        tmp_path,
-        env,
-        "--profile",
-        str(PROFILE),
-        "--configfile",
-        str(config),
-        "--jobs",
-        "2",
-        *FAST_POLLING,
-    )
+    res = run_study_through_profile(tmp_path, TINY)
     assert res.returncode == 0, res.stderr[-6000:]
     table = (tmp_path / "results/table.md").read_text()
     assert "| oracle | 100.000 | 100.000 | 100.000 | 100.000 | 100.000 | 100.000 |" in table
@@ -648,23 +645,7 @@ TINY_TRAINING = {
 
 @pytest.mark.workflow
 def test_training_runs_through_the_pbs_profile_asking_for_gpus(tmp_path):
-    config = tmp_path / "tinyfc.yaml"
-    config.write_text(yaml.safe_dump(TINY_TRAINING, sort_keys=False))
-    env = standin_env(tmp_path)
-    res = snakemake(
-        tmp_path,
-        env,
-        "--profile",
-        str(PROFILE),
-        "--configfile",
-        str(config),
-        "--jobs",
-        "2",
-        "--set-threads",
-        "pretrain_base=1",
-        "train=1",
-        *FAST_POLLING,
-    )
+    res = run_study_through_profile(tmp_path, TINY_TRAINING, "--set-threads", "pretrain_base=1", "train=1")
     assert res.returncode == 0, res.stderr[-6000:]
     table = (tmp_path / "results/table.md").read_text()
     assert "| zeroshot |" in table and "| lowerbound |" in table

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,7 +38,7 @@ def read_json(path: Path | str) -> Any:
         raise InputError(f"{path}: unreadable JSON ({exc})") from None
 
 
-def torch_load_checked(path: Path | str, what: str) -> Any:
+def torch_load_checked(path: Path | str, what: str, *, mmap: bool = False) -> Any:
     """The object of the torch file at ``path``, read safely onto the CPU.
 
     ``torch.load(path, map_location="cpu", weights_only=True)``: tensors and plain
@@ -45,7 +46,7 @@ def torch_load_checked(path: Path | str, what: str) -> Any:
     in the errors (e.g. ``"FC-CLIP checkpoint"``): :class:`InputError`
     ``"<path>: <what> not found"`` if there is no such file, ``"<path>: cannot read
     <what> (<error>)"`` if it does not load. Checking the structure of the result is
-    the caller's job.
+    the caller's job. ``mmap`` maps the file instead of reading it (for a peek at the keys).
     """
     import torch
 
@@ -53,7 +54,7 @@ def torch_load_checked(path: Path | str, what: str) -> Any:
     if not os.path.isfile(path):
         raise InputError(f"{path}: {what} not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is bad input
         raise InputError(f"{path}: cannot read {what} ({type(err).__name__}: {err})") from None
 
@@ -98,3 +99,11 @@ def torch_save_atomic(obj: Any, path: Path | str) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def link_or_copy(src: Path | str, dst: Path | str) -> None:
+    """Hard-link ``src`` to ``dst``, copying where links are impossible (other file system)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)

@@ -28,6 +28,7 @@ import torch
 
 from vocabseg.data.labels import EVAL_LABELS, ID_TO_LABEL
 from vocabseg.errors import InputError
+from vocabseg.fileio import torch_load_checked
 from vocabseg.models.clip_tiny import TINY_CLIP_NAME, register_tiny_clip
 from vocabseg.models.fcclip import (
     CITYSCAPES_CLASS_NAMES,
@@ -101,10 +102,7 @@ def class_names(ids: Sequence[int]) -> list[list[str]]:
 
 def _has_clip(weights: Path) -> bool:
     """Whether a checkpoint carries the CLIP text tower (ours do, official ones do not)."""
-    try:
-        data = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is bad input
-        raise InputError(f"{weights}: cannot read FC-CLIP checkpoint ({type(err).__name__}: {err})") from None
+    data = torch_load_checked(weights, "FC-CLIP checkpoint", mmap=True)
     state = data.get("model", data) if isinstance(data, Mapping) else {}
     return "backbone.clip_model.token_embedding.weight" in state
 

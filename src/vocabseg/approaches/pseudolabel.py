@@ -51,7 +51,6 @@ built under a temporary name and renamed, the JSON is written last and atomicall
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -61,7 +60,7 @@ import numpy as np
 from vocabseg.data.labels import eval_categories
 from vocabseg.data.panoptic_png import read_panoptic_png, write_panoptic_png
 from vocabseg.errors import InputError
-from vocabseg.fileio import read_json, write_json_atomic
+from vocabseg.fileio import link_or_copy, read_json, write_json_atomic
 
 __all__ = ["build_pseudo_labels", "pseudo_segments", "PSEUDO_KEY"]
 
@@ -186,15 +185,6 @@ def _teacher_annotations(teacher_json: Path) -> dict[str, dict]:
     return by_image
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    if not src.is_file():
-        raise InputError(f"cannot read panoptic PNG {src}: file not found")
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
 def build_pseudo_labels(
     gt_json: Path,
     gt_folder: Path,
@@ -269,7 +259,9 @@ def build_pseudo_labels(
             stats["images_with_pseudo"] += 1
             stats["pseudo_pixels"] += sum(s["area"] for s in segments if s.get(PSEUDO_KEY))
         else:
-            _link_or_copy(gt_png, dst)
+            if not gt_png.is_file():
+                raise InputError(f"cannot read panoptic PNG {gt_png}: file not found")
+            link_or_copy(gt_png, dst)
         annotations.append({**ann, "segments_info": segments})
         stats["images"] += 1
         stats["pseudo_kept"] += counts["kept"]

@@ -23,7 +23,6 @@ conf    deleted label ids
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import numpy as np
 from vocabseg.data.labels import EVAL_LABELS, ID_TO_LABEL
 from vocabseg.data.panoptic_png import read_panoptic_png, write_panoptic_png
 from vocabseg.errors import InputError
-from vocabseg.fileio import read_json, write_json_atomic
+from vocabseg.fileio import link_or_copy, read_json, write_json_atomic
 
 __all__ = ["VOCAB_CONFIGS", "make_split", "write_vocab_split"]
 
@@ -55,13 +54,6 @@ def make_split(conf: str) -> dict:
         "in_names": [ID_TO_LABEL[i].name for i in in_ids],
         "out_names": [ID_TO_LABEL[i].name for i in out_ids],
     }
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
 
 
 def write_vocab_split(
@@ -89,7 +81,7 @@ def write_vocab_split(
         dst = tmp_folder / ann["file_name"]
         drop = [s for s in ann["segments_info"] if s["category_id"] in deleted]
         if not drop:
-            _link_or_copy(src, dst)
+            link_or_copy(src, dst)
             annotations.append(ann)
             continue
         ids = read_panoptic_png(src)  # InputError naming src if unreadable

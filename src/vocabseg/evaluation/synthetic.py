@@ -35,7 +35,6 @@ from vocabseg.data.labels import STUFF_IDS, THING_IDS, eval_categories
 
 __all__ = [
     "SyntheticDataset",
-    "gt_categories",
     "make_gt_ids",
     "make_prediction_ids",
     "ids_to_rgb",
@@ -59,11 +58,6 @@ class SyntheticDataset:
     pred_json: Path
     pred_folder: Path
     image_ids: tuple[str, ...]
-
-
-#: The ground truth's ``categories`` list: :func:`vocabseg.data.labels.eval_categories`
-#: (an alias kept for the callers of this module).
-gt_categories = eval_categories
 
 
 def _random_polygon(rng: np.random.Generator, cx: float, cy: float, rx: float, ry: float) -> list:
