@@ -55,6 +55,14 @@ def cmd_prepare(a: argparse.Namespace) -> None:
 
 
 @_command
+def cmd_build_bdd_anomaly(a: argparse.Namespace) -> None:
+    from vocabseg.data.bdd_anomaly import build_bdd_anomaly
+
+    summary = build_bdd_anomaly(a.bdd100k, a.out, a.variant, threads=a.threads)
+    print(f"BDD-Anomaly {a.variant} in {a.out}: " + ", ".join(f"{k} {v}" for k, v in summary["images"].items()))
+
+
+@_command
 def cmd_vocab_split(a: argparse.Namespace) -> None:
     from vocabseg.data.vocab import write_vocab_split
 
@@ -233,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", type=P, required=True)
     p.add_argument("--out", type=P, required=True)
     p.add_argument("--splits", nargs="+", default=["train", "val"])
+    p.add_argument("--threads", type=int, default=1)
+
+    p = sub.add_parser("build-bdd-anomaly", help="BDD-Anomaly (Hendrycks et al.) from a BDD100K download")
+    p.add_argument("--bdd100k", type=P, required=True, help="BDD100K folder (images/10k + labels/sem_seg/masks)")
+    p.add_argument("--out", type=P, required=True)
+    p.add_argument("--variant", choices=("1+16", "1+17"), required=True, help="1+17: bicycle stays known")
     p.add_argument("--threads", type=int, default=1)
 
     p = sub.add_parser("vocab-split", help="split.json and training ground truth of a configuration")
