@@ -8,6 +8,7 @@ Runs that must be killed, preempted or distributed execute this file as a script
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import signal
 import time
@@ -366,6 +367,125 @@ def test_two_process_ddp_matches_one_process(tmp_path, reference):
     assert [r["iter"] for r in lines] == [5, 10, 15, 20, 25, 30]
     for a, b in zip(lines, read_metrics(reference)):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+
+
+# -- optional task hooks, Adam, one-cycle ----------------------------------------------
+
+
+class StatefulToyTask(ToyTask):
+    """ToyTask with extra state: per-class pixel sums of the logits over each epoch,
+    finalised by ``end_epoch`` into means that feed a third loss term."""
+
+    def __init__(self, epoch_length: int | None = None, crash_at: int | None = None):
+        super().__init__()
+        if epoch_length is not None:
+            self.epoch_length = epoch_length
+        self.crash_at = crash_at
+        self.sums = torch.zeros(K, K, dtype=torch.float64)
+        self.means = torch.zeros(K, K)
+        self.ends: list[int] = []
+
+    def losses(self, model, images, targets):
+        if self.crash_at is not None and self.calls + 1 == self.crash_at:
+            raise RuntimeError("simulated crash")
+        terms = super().losses(model, images, targets)
+        logits = model(images)
+        sem = torch.stack([(t["masks"].long() * t["labels"][:, None, None]).sum(0) for t in targets])
+        self.sums.index_add_(0, sem.flatten(), logits.detach().permute(0, 2, 3, 1).reshape(-1, K).double())
+        centre = self.means[sem].permute(0, 3, 1, 2)  # previous epoch's means
+        terms["loss_centre"] = 0.01 * (logits - centre).pow(2).mean()
+        return terms
+
+    def end_epoch(self, iteration):
+        self.ends.append(iteration)
+        self.means = (self.sums / (self.sums.abs().sum(1, keepdim=True) + 1)).float()
+        self.sums.zero_()
+
+    def state_dict(self):
+        return {"sums": self.sums.clone(), "means": self.means.clone(), "ends": torch.tensor(self.ends)}
+
+    def load_state_dict(self, state):
+        self.sums, self.means = state["sums"].clone(), state["means"].clone()
+        self.ends = state["ends"].tolist()
+
+
+def _run_stateful(folder: Path, task: StatefulToyTask, **overrides) -> StatefulToyTask:
+    with one_thread():
+        train(task, ShapesDataset(), TrainConfig(**{**BASE, "iters": 20, **overrides}), **run_paths(folder))
+    return task
+
+
+def test_epoch_hook_fires_at_epoch_ends_and_task_state_survives_a_crash(tmp_path):
+    ref = _run_stateful(tmp_path / "ref", StatefulToyTask())
+    assert ref.ends == list(range(2, 21, 2))  # 6 samples, batch 4: ceil(6 / 4) = 2 iterations per epoch
+    ckpt = torch.load(tmp_path / "ref" / "state" / "ckpt_20.pt", weights_only=True)
+    assert torch.equal(ckpt["task"]["means"], ref.means) and ckpt["task"]["ends"].tolist() == ref.ends
+    assert _run_stateful(tmp_path / "len7", StatefulToyTask(epoch_length=7)).ends == [7, 14, 20]  # + the last
+
+    with pytest.raises(RuntimeError, match="simulated crash"):  # dies in iteration 13, checkpoint of 10 on disk
+        _run_stateful(tmp_path / "crash", StatefulToyTask(crash_at=13))
+    assert find_checkpoint(tmp_path / "crash" / "state")[0] == 10
+    resumed = _run_stateful(tmp_path / "crash", StatefulToyTask())
+    assert resumed.calls == 10 and resumed.ends == ref.ends  # the restored list went on
+    assert torch.equal(resumed.sums, ref.sums) and torch.equal(resumed.means, ref.means)
+    assert_bitwise_equal(_weights(tmp_path / "crash" / "model.pt"), _weights(tmp_path / "ref" / "model.pt"))
+    assert [r["loss"] for r in read_metrics(tmp_path / "crash")] == [r["loss"] for r in read_metrics(tmp_path / "ref")]
+
+    # a stateless task cannot resume a stateful run's checkpoint, nor the reverse
+    with pytest.raises(InputError, match="does not fit.*task state present"):
+        run_inprocess(tmp_path / "crash", iters=20)
+    shutil.copytree(tmp_path / "ref" / "state", tmp_path / "plain" / "state")
+    (tmp_path / "plain" / "state" / "ckpt_20.pt").unlink()
+    stateless_ckpt = torch.load(tmp_path / "ref" / "state" / "ckpt_15.pt", weights_only=True)
+    del stateless_ckpt["task"]
+    torch.save(stateless_ckpt, tmp_path / "plain" / "state" / "ckpt_15.pt")
+    with pytest.raises(InputError, match="task state missing"):
+        _run_stateful(tmp_path / "plain", StatefulToyTask())
+
+
+@pytest.mark.parametrize("iters, pct", [(20, 0.1), (37, 0.3), (10, 0.1), (5, 0.1), (200, 0.25)])
+def test_onecycle_factor_matches_torch_onecycle_lr(iters, pct):
+    cfg = TrainConfig(iters=iters, batch_size=1, lr=0.004, schedule="onecycle", onecycle_pct_start=pct)
+    if pct * iters == 1:  # a one-step warm-up: torch divides by zero (see the next test)
+        with pytest.raises(ZeroDivisionError):
+            torch.optim.lr_scheduler.OneCycleLR(
+                torch.optim.Adam([nn.Parameter(torch.zeros(1))]), max_lr=1.0, total_steps=iters, pct_start=pct
+            )
+        return
+    param = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([param], lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=iters, pct_start=pct, anneal_strategy="cos",
+        div_factor=25.0, final_div_factor=1e4, three_phase=False,
+    )
+    expected = []
+    for i in range(iters):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if i < iters - 1:
+            sched.step()
+    mine = [cfg.lr * lr_factor(cfg, i) for i in range(iters)]
+    assert mine == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    assert mine[0] == pytest.approx(cfg.lr / 25) or pct * iters < 1
+    assert mine[-1] == pytest.approx(cfg.lr / 25 / 1e4)
+
+
+def test_onecycle_with_a_one_step_warmup_and_adam_optimizer(tmp_path):
+    cfg = TrainConfig(iters=10, batch_size=1, schedule="onecycle")  # torch divides by zero here
+    assert lr_factor(cfg, 0) == 1.0 and lr_factor(cfg, 9) == pytest.approx(1 / 25 / 1e4)
+    adam = _run_stateful(tmp_path / "adam", StatefulToyTask(), iters=4, optimizer="adam", weight_decay=0.1,
+                         schedule="onecycle")
+    ckpt = torch.load(tmp_path / "adam" / "state" / "ckpt_4.pt", weights_only=True)
+    assert "decoupled_weight_decay" not in ckpt["optimizer"]["param_groups"][0] or not any(
+        g["decoupled_weight_decay"] for g in ckpt["optimizer"]["param_groups"]
+    )
+    assert {g["weight_decay"] for g in ckpt["optimizer"]["param_groups"]} == {0.1, 0.0}
+    assert adam.ends == [2, 4]
+    # checkpoints written before the new fields existed keep their fingerprint
+    assert "optimizer" not in json.loads(trainer_module._fingerprint(TrainConfig(iters=1, batch_size=1), False))
+    assert "optimizer" in json.loads(trainer_module._fingerprint(TrainConfig(iters=1, batch_size=1, optimizer="adam"), False))
+    with pytest.raises(InputError, match="optimizer"):
+        TrainConfig.from_dict({"iters": 1, "batch_size": 1, "optimizer": "sgd"})
 
 
 def _main() -> None:

@@ -207,6 +207,90 @@ def cmd_panels(a: argparse.Namespace) -> None:
     print(f"{len(written)} panels written to {a.out_dir}")
 
 
+def _known_ids(a: argparse.Namespace) -> list[int]:
+    """The known train ids of ``--known`` or the complement of ``--unknown``."""
+    from vocabseg.approaches.contmav_train import known_from_unknown
+
+    if (a.known is None) == (a.unknown is None):
+        raise InputError("give exactly one of --known and --unknown (train ids)")
+    return list(a.known) if a.known is not None else known_from_unknown(a.unknown)
+
+
+def _json_arg(text: str, flag: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{flag}: not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{flag}: expected a JSON object, got {text!r}")
+    return value
+
+
+@_command
+def cmd_contmav_weights(a: argparse.Namespace) -> None:
+    from vocabseg.approaches.contmav_train import write_class_weights
+
+    stats = write_class_weights(a.image_root, a.label_root, _known_ids(a), a.out)
+    weights = ", ".join(f"{w:.3g}" for w in stats["weights"])
+    print(f"median-frequency weights of {stats['n_images']} images -> {a.out}: [{weights}]")
+
+
+@_command
+def cmd_contmav_train(a: argparse.Namespace) -> None:
+    import torch
+
+    from vocabseg.approaches.contmav_train import train_contmav
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    train_contmav(
+        image_root=a.image_root,
+        label_root=a.label_root,
+        known_train_ids=_known_ids(a),
+        class_weights=a.weights,
+        model=_json_arg(a.model, "--model"),
+        variant=_json_arg(a.variant, "--variant"),
+        recipe=_json_arg(a.recipe, "--recipe"),
+        out=a.out,
+        state_dir=a.state_dir,
+        metrics_log=a.metrics_log,
+    )
+
+
+@_command
+def cmd_contmav_eval(a: argparse.Namespace) -> None:
+    import torch
+
+    from vocabseg.approaches.contmav_eval import evaluate_contmav
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    results = evaluate_contmav(
+        a.model,
+        a.image_root,
+        a.label_root,
+        a.out,
+        unknown_train_ids=a.unknown,
+        size=a.size,
+        delta=a.delta,
+        eta=a.eta,
+        cluster=not a.no_cluster,
+        cluster_stride=a.cluster_stride,
+        max_classes=a.max_classes or None,
+        score_bins=a.score_bins,
+        facts=dict(_parse_fact(f) for f in a.fact),
+    )
+
+    def pct(value: object) -> str:
+        return "-" if value is None else f"{100 * value:.2f}"
+
+    anomaly, ow = results["anomaly"], results["open_world"] or {}
+    print(
+        f"mIoU known {pct(results['known']['miou'])}  AUROC {pct(anomaly['auroc'])}  AUPR {pct(anomaly['aupr'])}"
+        f"  FPR95 {pct(anomaly['fpr95'])}  OW mIoU {pct(ow.get('miou'))}  -> {a.out}"
+    )
+
+
 def _parse_fact(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -332,6 +416,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=P, required=True)
     p.add_argument("--split", type=P, default=None, help="split.json giving the In and Out groups")
     p.add_argument("--threads", type=int, default=1, help="worker processes (the job's threads)")
+    p.add_argument("--fact", action="append", default=[], metavar="KEY=VALUE", help="run fact stored under 'run'")
+
+    def known_unknown(p: argparse.ArgumentParser) -> None:
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--known", type=int, nargs="+", default=None, metavar="TRAIN_ID",
+                           help="known classes (Cityscapes train ids, in this order)")
+        group.add_argument("--unknown", type=int, nargs="+", default=None, metavar="TRAIN_ID",
+                           help="unknown classes; the known ones are the other train ids 0..18")
+
+    p = sub.add_parser("contmav-weights", help="ContMAV median-frequency class weights of a training split (JSON)")
+    p.add_argument("--image-root", type=P, required=True, help="leftImg8bit/<split> folder")
+    p.add_argument("--label-root", type=P, required=True, help="gtFine/<split> folder with *_labelTrainIds.png")
+    known_unknown(p)
+    p.add_argument("--out", type=P, required=True)
+
+    p = sub.add_parser("contmav-train", help="train a ContMAV variant (resumable; torchrun -m vocabseg.cli for DDP)")
+    p.add_argument("--image-root", type=P, required=True, help="leftImg8bit/<split> folder")
+    p.add_argument("--label-root", type=P, required=True, help="gtFine/<split> folder with *_labelTrainIds.png")
+    known_unknown(p)
+    p.add_argument("--weights", type=P, default=None, help="class weights of contmav-weights (default: unweighted)")
+    p.add_argument("--model", default='{"preset": "paper"}',
+                   help='model JSON: {"preset": "paper"|"tiny", "trufor": true, ...ContMAVConfig keys}')
+    p.add_argument("--variant", default="{}",
+                   help='loss JSON: {"semantic": "ce"|"focal"|"focal_dice", "extra": "none"|"infonce"|"synco", ...}')
+    p.add_argument("--recipe", default="{}",
+                   help='training JSON over the paper recipe: {"epochs": 500, "batch_size": 8, "lr": 0.004, '
+                        '"augment": {"crop_size": [512, 1024]}, ...}')
+    p.add_argument("--out", type=P, required=True, help="the exported model (written when training is complete)")
+    p.add_argument("--state-dir", type=P, required=True, help="checkpoints (not a Snakemake output)")
+    p.add_argument("--metrics-log", type=P, required=True)
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process")
+
+    p = sub.add_parser("contmav-eval", help="open-world metrics of an exported ContMAV model on a split (JSON)")
+    p.add_argument("--model", type=P, required=True, help="the model file of contmav-train")
+    p.add_argument("--image-root", type=P, required=True, help="leftImg8bit/<split> folder")
+    p.add_argument("--label-root", type=P, required=True, help="gtFine/<split> folder with *_labelTrainIds.png")
+    p.add_argument("--out", type=P, required=True)
+    p.add_argument("--unknown", type=int, nargs="+", default=None, metavar="TRAIN_ID",
+                   help="unknown classes (default: every train id the model does not know)")
+    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="resize images (and labels, nearest) before inference, e.g. 512 1024")
+    p.add_argument("--delta", type=float, default=0.6, help="unknown threshold on s_unk")
+    p.add_argument("--eta", type=float, default=0.5, help="clustering distance of new classes")
+    p.add_argument("--no-cluster", action="store_true", help="skip the open-world clustering")
+    p.add_argument("--cluster-stride", type=int, default=4,
+                   help="cluster the unknown pixels of every S-th row/column online, then give each unknown "
+                        "pixel its nearest discovered class (1: every pixel, the paper's rule; slow)")
+    p.add_argument("--max-classes", type=int, default=256,
+                   help="stop discovering classes once this many exist (0: no limit)")
+    p.add_argument("--score-bins", type=int, default=None, help="histogram anomaly curves (large splits)")
+    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--fact", action="append", default=[], metavar="KEY=VALUE", help="run fact stored under 'run'")
 
     p = sub.add_parser("report", help="results table (Markdown, CSV) and PQ bar chart")

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from vocabseg.errors import InputError
 
-__all__ = ["AugmentConfig", "TINY_AUGMENT", "TrainAugment", "color_jitter_ssd"]
+__all__ = ["AugmentConfig", "TINY_AUGMENT", "TrainAugment", "color_jitter_ssd", "color_jitter_hsv"]
 
 
 @dataclass(frozen=True)
@@ -144,6 +144,29 @@ def color_jitter_ssd(image: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     if not contrast_first:
         img = contrast(img)
     return img
+
+
+def color_jitter_hsv(
+    image: torch.Tensor,
+    g: torch.Generator,
+    hue_scale: tuple[float, float] = (0.9, 1.1),
+    saturation_scale: tuple[float, float] = (0.9, 1.1),
+    value_shift: tuple[float, float] = (-25.0, 25.0),
+) -> torch.Tensor:
+    """ESANet/ContMAV ``RandomHSV`` of a float RGB image [3, H, W] in 0..255.
+
+    Always applied: hue times ``U(hue_scale)`` and saturation times
+    ``U(saturation_scale)``, both clipped to [0, 1] (the hue is clipped, not wrapped,
+    as the public code), value plus ``U(value_shift)`` grey levels, clipped to 0..255.
+    """
+    h = _uniform(g, *hue_scale)
+    s = _uniform(g, *saturation_scale)
+    v = _uniform(g, *value_shift)
+    hsv = _rgb_to_hsv(image)
+    hsv[0] = (hsv[0] * h).clamp(0.0, 1.0)
+    hsv[1] = (hsv[1] * s).clamp(0.0, 1.0)
+    hsv[2] = (hsv[2] + v).clamp(0.0, 255.0)
+    return _hsv_to_rgb(hsv).clamp(0.0, 255.0)
 
 
 def _nearest_index(out_size: int, in_size: int, start: int, length: int) -> torch.Tensor:

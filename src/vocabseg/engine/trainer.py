@@ -1,10 +1,14 @@
-"""The one training loop of every approach: AdamW, poly/step schedule, clipping, DDP, resume.
+"""The one training loop of every approach: AdamW/Adam, poly/step/one-cycle schedule, clipping,
+DDP, resume, optional per-epoch task hooks.
 
 A *task* bundles what differs between approaches (see :class:`TrainTask`): the model,
 its losses and how its final weights are written. :func:`train` does the rest, as
 Mask2Former's Cityscapes recipe does it:
 
-* **Optimiser.** AdamW (betas 0.9/0.999, eps 1e-8) over the parameters with
+* **Optimiser.** ``cfg.optimizer``: ``"adamw"`` (default) is AdamW (betas 0.9/0.999,
+  eps 1e-8, decoupled weight decay); ``"adam"`` is ``torch.optim.Adam`` with the same
+  betas/eps, where ``weight_decay`` is Adam's L2 term added to the gradient (the
+  ContMAV recipe: Adam, lr 0.004, weight decay 1e-4). Either runs over the parameters with
   ``requires_grad`` only (frozen ones, e.g. the CLIP backbone, are left out, so
   upstream's ``BACKBONE_MULTIPLIER`` has nothing to act on). Weight decay as
   detectron2/Mask2Former ``build_optimizer``: ``weight_decay_norm`` for the
@@ -19,7 +23,13 @@ Mask2Former's Cityscapes recipe does it:
   ``logit_scale`` are decayed.
 * **Schedule.** ``"poly"`` (detectron2 ``WarmupPolyLR``): ``lr * (1 - i / iters) **
   0.9``; ``"step"`` (``WarmupMultiStepLR``): ``lr * gamma ** (number of steps <= i)``;
-  both times a linear warm-up from ``warmup_factor`` to 1 over ``warmup_iters``.
+  ``"onecycle"``: ``torch.optim.lr_scheduler.OneCycleLR`` with ``max_lr = lr``,
+  ``total_steps = iters``, cosine annealing, two phases (see :func:`lr_factor`;
+  ``onecycle_pct_start`` 0.1, ``onecycle_div_factor`` 25, ``onecycle_final_div_factor``
+  1e4, ContMAV's values), stepped every iteration (the public ContMAV code steps it
+  once per epoch over ``epochs`` steps: the same curve on a coarser grid); every
+  schedule times a linear warm-up from ``warmup_factor`` to 1 over ``warmup_iters``.
+  The factor is a pure function of the iteration, so resuming restores it exactly.
 * **Clipping.** Full-model L2 norm of the *unscaled* gradients (``CLIP_TYPE
   full_model``), ``clip_grad`` 0 disables it.
 * **AMP.** ``torch.autocast`` (float16) with a ``GradScaler``, only on CUDA.
@@ -37,13 +47,33 @@ depends neither on the number of processes nor on data-loader workers nor on
 restarts, and on CPU a run is bitwise reproducible for a given thread count,
 including across kills and resumes (checkpoints hold every piece of state).
 
+Task hooks (optional, looked up with ``getattr``; FC-CLIP tasks have none).
+
+* ``task.end_epoch(iteration)``: called on every process after the optimiser step of
+  every iteration that completes an *epoch* and after the last iteration (a final
+  partial epoch), before that iteration's log line and checkpoint. An epoch is
+  ``task.epoch_length`` iterations if the task defines it, else
+  ``ceil(len(dataset) / batch_size)`` iterations: the number of global batches that
+  draw as many samples as the dataset has (with the data order above, epoch ``e`` then
+  covers iterations ``e*E .. e*E+E-1``; batches may straddle two permutations of the
+  data). ``iteration`` is the number of iterations done. ContMAV finalises its MAVs
+  there (summed over processes).
+* ``task.state_dict()`` / ``task.load_state_dict(state)``: extra state of the task
+  (e.g. running statistics), a dict of plain tensors (``weights_only``-loadable),
+  stored under ``"task"`` in every checkpoint and restored on resume after the model
+  and optimiser. ``state_dict`` is called on **every** process at the same point (it
+  may use collectives, e.g. to sum per-process partial sums); the result of rank 0 is
+  written. ``load_state_dict`` is called on every process with that saved state (a
+  task must then keep such sums on one rank only). A checkpoint without task state for a task
+  that has one (or the reverse) does not fit and raises :class:`~vocabseg.errors.InputError`.
+
 Files.
 
 * ``state_dir/ckpt_<iter>.pt``: written by rank 0 every ``checkpoint_every``
   iterations, at the end and on preemption; atomically (temporary file, fsync,
   ``os.replace``); the newest two are kept (unreadable newer leftovers aside). They
   hold plain tensors and dicts only (trainable-model state and buffers, optimiser,
-  scheduler, scaler, iteration, the training configuration), so
+  scheduler, scaler, iteration, the training configuration, the task's state), so
   ``torch.load(weights_only=True)`` reads them.
   ``state_dir`` must not be a Snakemake output, so it survives failed attempts.
 * At start the newest checkpoint that loads cleanly is resumed (unreadable ones are
@@ -72,6 +102,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import signal
@@ -110,6 +141,8 @@ __all__ = [
     "train",
     "param_groups",
     "lr_factor",
+    "onecycle_factor",
+    "epoch_length",
     "sample_seed",
     "batch_plan",
     "list_checkpoints",
@@ -148,10 +181,12 @@ class TrainConfig:
     Attributes:
         iters: number of optimiser steps.
         batch_size: global batch (all processes together); divisible by the world size.
-        lr, weight_decay, weight_decay_norm, weight_decay_embed: AdamW settings.
+        optimizer: ``"adamw"`` (decoupled weight decay) or ``"adam"`` (L2 weight decay).
+        lr, weight_decay, weight_decay_norm, weight_decay_embed: optimiser settings.
         no_weight_decay_keys: parameter-name parts that get no weight decay.
-        schedule: ``"poly"`` or ``"step"``; ``poly_power``; ``steps`` (iterations) and
-            ``gamma`` for ``"step"``.
+        schedule: ``"poly"``, ``"step"`` or ``"onecycle"``; ``poly_power``; ``steps``
+            (iterations) and ``gamma`` for ``"step"``; ``onecycle_pct_start``,
+            ``onecycle_div_factor``, ``onecycle_final_div_factor`` for ``"onecycle"``.
         warmup_iters, warmup_factor: linear warm-up.
         clip_grad: full-model gradient L2-norm limit (0 = off).
         amp: ``"auto"`` (on with CUDA), ``"on"`` (CUDA required) or ``"off"``.
@@ -163,6 +198,7 @@ class TrainConfig:
 
     iters: int
     batch_size: int
+    optimizer: str = "adamw"
     lr: float = 1e-4
     weight_decay: float = 0.05
     weight_decay_norm: float = 0.0
@@ -172,6 +208,9 @@ class TrainConfig:
     poly_power: float = 0.9
     steps: tuple[int, ...] = ()
     gamma: float = 0.1
+    onecycle_pct_start: float = 0.1
+    onecycle_div_factor: float = 25.0
+    onecycle_final_div_factor: float = 1e4
     warmup_iters: int = 0
     warmup_factor: float = 0.001
     clip_grad: float = 0.01
@@ -210,13 +249,17 @@ class TrainConfig:
             "batch_size",
             "expected an integer >= 1",
         )
+        need(self.optimizer in ("adamw", "adam"), "optimizer", "expected 'adamw' or 'adam'")
         need(self.lr > 0, "lr", "expected > 0")
         for key in ("weight_decay", "weight_decay_norm", "weight_decay_embed"):
             need(getattr(self, key) >= 0, key, "expected >= 0")
-        need(self.schedule in ("poly", "step"), "schedule", "expected 'poly' or 'step'")
+        need(self.schedule in ("poly", "step", "onecycle"), "schedule", "expected 'poly', 'step' or 'onecycle'")
         need(self.poly_power > 0, "poly_power", "expected > 0")
         need(all(isinstance(s, int) and s >= 0 for s in self.steps), "steps", "expected iteration numbers")
         need(self.gamma > 0, "gamma", "expected > 0")
+        need(0 < self.onecycle_pct_start < 1, "onecycle_pct_start", "expected in (0, 1)")
+        need(self.onecycle_div_factor > 0, "onecycle_div_factor", "expected > 0")
+        need(self.onecycle_final_div_factor > 0, "onecycle_final_div_factor", "expected > 0")
         need(isinstance(self.warmup_iters, int) and self.warmup_iters >= 0, "warmup_iters", "expected >= 0")
         need(0 < self.warmup_factor <= 1, "warmup_factor", "expected in (0, 1]")
         need(self.clip_grad >= 0, "clip_grad", "expected >= 0 (0 disables clipping)")
@@ -238,6 +281,9 @@ class TrainTask(Protocol):
         model: the module to train (moved to the training device; parameters with
             ``requires_grad=False`` stay frozen and out of the optimiser and of the
             checkpoints).
+
+    Optional members (see "Task hooks" in the module docstring): ``epoch_length``
+    (int), ``end_epoch(iteration)``, ``state_dict()`` and ``load_state_dict(state)``.
     """
 
     model: nn.Module
@@ -294,6 +340,36 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     return list(groups.values())
 
 
+def onecycle_factor(cfg: TrainConfig, iteration: int) -> float:
+    """``OneCycleLR``'s learning rate at step ``iteration``, divided by ``max_lr``.
+
+    As ``torch.optim.lr_scheduler.OneCycleLR(max_lr, total_steps=cfg.iters,
+    pct_start=p, div_factor=d, final_div_factor=f, anneal_strategy="cos",
+    three_phase=False)``: with ``a = 1 / d`` (initial), ``z = a / f`` (final),
+    ``e1 = p * iters - 1`` and ``e2 = iters - 1`` (the phase ends),
+
+    * ``i <= e1``: ``cos_anneal(a, 1, i / e1)``;
+    * else: ``cos_anneal(1, z, (i - e1) / (e2 - e1))``;
+
+    ``cos_anneal(s, t, x) = t + (s - t) / 2 * (1 + cos(pi x))``. A phase of length 0
+    (``p * iters == 1``, where torch divides by zero) counts as completed (x = 1).
+    Defined past the last step as well (the curve continued), which the trainer's
+    ``LambdaLR`` evaluates once after the last iteration.
+    """
+    initial = 1.0 / cfg.onecycle_div_factor
+    final = initial / cfg.onecycle_final_div_factor
+    end1 = float(cfg.onecycle_pct_start * cfg.iters) - 1.0
+    end2 = float(cfg.iters) - 1.0
+
+    def anneal(start: float, end: float, begin: float, stop: float) -> float:
+        pct = 1.0 if stop == begin else (iteration - begin) / (stop - begin)
+        return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1.0)
+
+    if iteration <= end1:
+        return anneal(initial, 1.0, 0.0, end1)
+    return anneal(1.0, final, end1, end2)
+
+
 def lr_factor(cfg: TrainConfig, iteration: int) -> float:
     """Multiplier of ``cfg.lr`` at (0-based) ``iteration``."""
     warm = 1.0
@@ -302,7 +378,20 @@ def lr_factor(cfg: TrainConfig, iteration: int) -> float:
         warm = cfg.warmup_factor * (1.0 - alpha) + alpha
     if cfg.schedule == "poly":
         return warm * max(0.0, 1.0 - iteration / cfg.iters) ** cfg.poly_power
+    if cfg.schedule == "onecycle":
+        return warm * onecycle_factor(cfg, iteration)
     return warm * cfg.gamma ** bisect_right(sorted(cfg.steps), iteration)
+
+
+def epoch_length(task: Any, num_samples: int, cfg: TrainConfig) -> int:
+    """Iterations per epoch: ``task.epoch_length`` if the task sets it, else
+    ``ceil(num_samples / cfg.batch_size)``."""
+    length = getattr(task, "epoch_length", None)
+    if length is None:
+        return max(1, -(-int(num_samples) // cfg.batch_size))
+    if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+        raise InputError(f"task.epoch_length: expected an integer >= 1, got {length!r}")
+    return length
 
 
 def _stable_int(*parts: object) -> int:
@@ -432,8 +521,21 @@ def find_checkpoint(state_dir: Path) -> tuple[int, Path, dict] | None:
     return None
 
 
+# Fields added after checkpoints were first written: left out of the fingerprint at
+# their default value, so those checkpoints still resume.
+_LATER_FIELDS = {
+    "optimizer": "adamw",
+    "onecycle_pct_start": 0.1,
+    "onecycle_div_factor": 25.0,
+    "onecycle_final_div_factor": 1e4,
+}
+
+
 def _fingerprint(cfg: TrainConfig, use_amp: bool) -> str:
     values = {k: v for k, v in asdict(cfg).items() if k not in _RUNTIME_FIELDS}
+    for key, default in _LATER_FIELDS.items():
+        if values[key] == default:
+            del values[key]
     values["amp"] = use_amp
     return json.dumps(values, sort_keys=True)
 
@@ -498,7 +600,13 @@ class _Trainer:
         if not groups:
             raise InputError("the model has no trainable parameters")
         self.params = [p for g in groups for p in g["params"]]
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+        optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = optimizer_cls(groups, lr=cfg.lr)
+        self.epoch_length = epoch_length(task, len(dataset), cfg)
+        self.task_state = callable(getattr(task, "state_dict", None))
+        if self.task_state != callable(getattr(task, "load_state_dict", None)):
+            raise TypeError("a task defines both state_dict and load_state_dict or neither")
+        self.end_epoch = getattr(task, "end_epoch", None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: lr_factor(cfg, i))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
         self.fingerprint = _fingerprint(cfg, self.use_amp)
@@ -506,6 +614,7 @@ class _Trainer:
     # -- checkpoints -----------------------------------------------------------------
 
     def save(self, iteration: int) -> None:
+        task_state = self.task.state_dict() if self.task_state else None  # every rank (collectives)
         if is_main():
             state = {
                 "iteration": iteration,
@@ -515,6 +624,8 @@ class _Trainer:
                 "scaler": self.scaler.state_dict(),
                 "config": self.fingerprint,
             }
+            if task_state is not None:
+                state["task"] = task_state
             _write_checkpoint(self.state_dir, iteration, state)
         barrier()
 
@@ -549,7 +660,11 @@ class _Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
-        except (RuntimeError, ValueError, KeyError) as err:
+            if self.task_state != ("task" in state):
+                raise ValueError("task state " + ("missing" if self.task_state else "present but unused"))
+            if self.task_state:
+                self.task.load_state_dict(state["task"])
+        except (RuntimeError, ValueError, KeyError, InputError) as err:
             raise InputError(
                 f"{path}: does not fit this model ({err}); delete {self.state_dir} to start over"
             ) from None
@@ -651,6 +766,8 @@ class _Trainer:
                 self.scheduler.step()
                 done = iteration + 1
                 bar.update(1)
+                if self.end_epoch is not None and (done % self.epoch_length == 0 or done == cfg.iters):
+                    self.end_epoch(done)
 
                 values = torch.stack([loss.detach()] + [terms[k].detach().float() for k in names])
                 window_sum = values if window_sum is None else window_sum + values

@@ -1,0 +1,231 @@
+"""Evaluation of an exported ContMAV model on a labelled split (open-world metrics).
+
+For every image (batch 1, whole image, optionally resized to ``size`` first: the
+paper evaluates Cityscapes at 512x1024), the exported network gives the semantic
+logits and contrastive features; :func:`~vocabseg.approaches.contmav_inference.contmav_scores`
+turns them, with the exported MAV statistics, into the closed-world prediction, the
+unknown score ``s_unk`` (the anomaly score), the unknown mask (``s_unk > delta``) and
+the most similar known class; :func:`discover_classes_strided` clusters the unknown
+pixels into new classes (the paper's online rule over the split, in image order, on a
+pixel grid of ``cluster_stride``; every unknown pixel then joins its nearest class).
+:class:`~vocabseg.evaluation.openworld.OpenWorldAccumulator` gives known mIoU,
+AUPR / AUROC / FPR95 (positives: pixels of the unknown classes; void pixels are
+ignored), open-world mIoU and class similarity, written by
+:func:`~vocabseg.evaluation.openworld.write_openworld_metrics`.
+
+Label spaces: the export's known train ids are the known classes 0..K-1; the unknown
+classes are the other train ids (default) or ``unknown_train_ids``; train ids that are
+neither count as void. Class similarity uses the paper's lookup table (train -> truck,
+motorcycle -> car, [P] §4.4) for the pairs that are unknown / known here, unless
+``similar_targets`` is given.
+
+The ``run`` block of the JSON holds the given facts plus ``known_train_ids``,
+``unknown_train_ids``, ``delta``, ``eta``, ``eval_size``, ``epochs`` (of the export),
+``variant`` and ``seconds``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from vocabseg.approaches.contmav_inference import (
+    DELTA,
+    ETA,
+    ClusterState,
+    ContMavScores,
+    cluster_unknown,
+    contmav_scores,
+    open_world_labels,
+)
+from vocabseg.approaches.contmav_train import load_contmav_export
+from vocabseg.data.labels import EVAL_LABELS
+from vocabseg.data.semantic_dataset import NUM_TRAIN_IDS, VOID, SemanticDataset
+from vocabseg.errors import InputError
+from vocabseg.evaluation.openworld import OpenWorldAccumulator, write_openworld_metrics
+from vocabseg.models.contmav import normalize_image
+
+__all__ = ["PAPER_SIMILAR_TARGETS", "TRAIN_ID_NAMES", "discover_classes_strided", "evaluate_contmav"]
+
+#: [P] §4.4 lookup table, train ids: train -> truck, motorcycle -> car.
+PAPER_SIMILAR_TARGETS: dict[int, int] = {16: 14, 17: 13}
+TRAIN_ID_NAMES: dict[int, str] = {lb.train_id: lb.name for lb in EVAL_LABELS}
+
+
+def _resize(image: torch.Tensor, ids: torch.Tensor, size: Sequence[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image [3, H, W] bilinear (anti-aliased), train ids [H, W] nearest, to ``size``."""
+    if size is None or tuple(size) == tuple(ids.shape):
+        return image, ids
+    h, w = int(size[0]), int(size[1])
+    image = F.interpolate(image[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
+    ids = F.interpolate(ids[None, None].float(), size=(h, w), mode="nearest-exact")[0, 0].long()
+    return image, ids
+
+
+def discover_classes_strided(
+    features: torch.Tensor,
+    scores: ContMavScores,
+    state: ClusterState | None,
+    *,
+    eta: float = ETA,
+    stride: int = 1,
+    max_classes: int | None = None,
+    chunk: int = 8192,
+) -> tuple[torch.Tensor, ClusterState]:
+    """:func:`~vocabseg.approaches.contmav_inference.discover_classes` on a pixel grid.
+
+    The unknown pixels on the grid ``[::stride, ::stride]`` are clustered with the
+    online rule of :func:`~vocabseg.approaches.contmav_inference.cluster_unknown` (in
+    raster order, continuing ``state``); then every unknown pixel (grid or not) joins its
+    nearest discovered class (squared Euclidean distance to the running means of the
+    final state; ties: lowest class). ``stride = 1`` is ``discover_classes`` exactly
+    and no ``max_classes`` (each pixel's online label is its nearest centroid only at the
+    time it was seen, so the final nearest-centroid pass is skipped there). The online rule costs a
+    Python step per pixel and creates a class for every pixel farther than eta from
+    all others, so on whole images with spread-out logits it can take minutes; a
+    stride of s divides the pixels by s^2. ``max_classes``: once ``state`` holds that
+    many classes (checked every 256 grid pixels, so it may overshoot by up to 255), no
+    pixel is clustered online any more (no new class, no centroid update): every
+    unknown pixel just joins its nearest class, which bounds the cost of a split whose
+    unknown features lie far apart (every pixel farther than eta from the others would
+    start a class of its own).
+
+    ``features`` [B, K, H, W] semantic logits -> ``(labels [B, H, W] int64, state)``.
+    """
+
+    def frozen() -> bool:
+        return state is not None and max_classes is not None and state.n_classes >= max(1, max_classes)
+
+    pixels = features.permute(0, 2, 3, 1)[scores.unknown]  # [N, K], raster order
+    if stride == 1 and max_classes is None:
+        labels, state = cluster_unknown(pixels, state, eta=eta)
+        return open_world_labels(scores.semantic_pred, scores.unknown, labels, features.shape[1]), state
+    grid = features[:, :, ::stride, ::stride].permute(0, 2, 3, 1)[scores.unknown[:, ::stride, ::stride]]
+    if grid.shape[0] == 0 and (state is None or state.n_classes == 0):
+        grid = pixels  # unknown pixels only off the grid and no class yet: they are the grid
+    for start in range(0, grid.shape[0], 256):  # the limit is checked every 256 pixels
+        if frozen():
+            break
+        _, state = cluster_unknown(grid[start : start + 256], state, eta=eta)
+    if state is None:
+        state = ClusterState.empty(features.shape[1])
+    nearest = torch.zeros(pixels.shape[0], dtype=torch.int64)
+    if pixels.shape[0] == 0:
+        return open_world_labels(scores.semantic_pred, scores.unknown, nearest, features.shape[1]), state
+    pixels = pixels.to(torch.float64)
+    centroids = state.centroids.to(pixels.device)
+    for start in range(0, pixels.shape[0], chunk):
+        part = pixels[start : start + chunk]
+        d2 = (part * part).sum(1, keepdim=True) - 2 * part @ centroids.t() + (centroids * centroids).sum(1)[None]
+        nearest[start : start + chunk] = d2.argmin(dim=1).cpu()
+    return open_world_labels(scores.semantic_pred, scores.unknown, nearest, features.shape[1]), state
+
+
+@torch.no_grad()
+def evaluate_contmav(
+    model_path: Path,
+    image_root: Path,
+    label_root: Path,
+    out: Path | None = None,
+    *,
+    unknown_train_ids: Sequence[int] | None = None,
+    size: Sequence[int] | None = None,
+    delta: float = DELTA,
+    eta: float = ETA,
+    cluster: bool = True,
+    cluster_stride: int = 4,
+    max_classes: int | None = 256,
+    similar_targets: Mapping[int, int] | None = None,
+    score_bins: int | None = None,
+    facts: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """Open-world metrics of the exported model ``model_path`` on a split.
+
+    Args:
+        image_root, label_root: ``leftImg8bit/<split>`` and ``gtFine/<split>``.
+        out: metrics JSON to write (None: only return the results).
+        unknown_train_ids: the unknown classes (default: every train id not known).
+        size: (H, W) to resize every image to before inference; None = as stored.
+        delta, eta: unknown threshold and clustering distance.
+        cluster: run the open-world clustering (``open_world`` metrics); False skips it.
+        cluster_stride: cluster the unknown pixels of a ``[::s, ::s]`` grid online and
+            give every unknown pixel its nearest discovered class
+            (:func:`discover_classes_strided`); 1 = the paper's online rule on every pixel.
+        max_classes: stop creating classes once this many exist (None: no limit).
+        similar_targets: unknown train id -> known train id for class similarity.
+        score_bins: None = exact anomaly curves, else histogram bins (large splits).
+        facts: run facts stored under ``"run"`` (e.g. approach, study).
+
+    Returns the results dict (the JSON content).
+    """
+    started = time.perf_counter()
+    export = load_contmav_export(model_path)
+    model = export.model.to(device)
+    known = list(export.known_train_ids)
+    unknown = [t for t in range(NUM_TRAIN_IDS) if t not in known] if unknown_train_ids is None else [
+        int(t) for t in unknown_train_ids
+    ]
+    overlap = sorted(set(unknown) & set(known))
+    if overlap:
+        raise InputError(f"unknown train ids {overlap} are known classes of {model_path}")
+    if cluster_stride < 1:
+        raise InputError(f"cluster stride must be >= 1, got {cluster_stride}")
+    if any(not 0 <= t < NUM_TRAIN_IDS for t in unknown):
+        raise InputError(f"unknown train ids: {unknown} must lie in 0..{NUM_TRAIN_IDS - 1}")
+    dataset = SemanticDataset(image_root, label_root, known)
+    k, u = len(known), len(unknown)
+    table = torch.full((256,), VOID, dtype=torch.int64)
+    table[torch.tensor(known)] = torch.arange(k)
+    if u:
+        table[torch.tensor(unknown)] = torch.arange(k, k + u)
+    targets_by_id = PAPER_SIMILAR_TARGETS if similar_targets is None else dict(similar_targets)
+    targets = {k + unknown.index(a): known.index(b) for a, b in targets_by_id.items() if a in unknown and b in known}
+    acc = OpenWorldAccumulator(
+        k,
+        u,
+        score_bins=score_bins,
+        similar_targets=targets,
+        class_names=[TRAIN_ID_NAMES[t] for t in known + unknown],
+    )
+    state = None
+    for index in range(len(dataset)):
+        image, ids = _resize(*dataset.raw(index), size)
+        outputs = model(normalize_image(image[None].to(device) / 255.0))
+        semantic, contrastive = outputs["semantic"].float(), outputs["contrastive"].float()
+        scores = contmav_scores(semantic, contrastive, export.stats, delta=delta)
+        openworld = None
+        if cluster:
+            openworld, state = discover_classes_strided(
+                semantic, scores, state, eta=eta, stride=cluster_stride, max_classes=max_classes
+            )
+            openworld = openworld[0]
+        acc.update(
+            table[ids],
+            semantic_pred=scores.semantic_pred[0],
+            unknown_score=scores.s_unk[0],
+            openworld_pred=openworld,
+            similar=scores.similar[0],
+        )
+    results = acc.summarize()
+    run = dict(facts or {})
+    run.update(
+        known_train_ids=known,
+        unknown_train_ids=unknown,
+        delta=delta,
+        eta=eta,
+        cluster_stride=cluster_stride if cluster else None,
+        max_classes=max_classes if cluster else None,
+        eval_size=None if size is None else [int(s) for s in size],
+        epochs=export.info.get("epochs"),
+        variant=export.info.get("variant"),
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    results["run"] = run
+    if out is not None:
+        write_openworld_metrics(results, out)
+    return results

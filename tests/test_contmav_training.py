@@ -1,0 +1,372 @@
+"""ContMAV training and evaluation entry points on a tiny generated city.
+
+Covers the semantic dataset (label spaces, augmentation determinism, bad input), the
+class-weight file, the MAV accumulation through the shared trainer (epoch 0 without
+the MAV losses, epoch 1 with the means of epoch 0), gradients of every variant, the
+export file, a crash/resume of a run with MAV state, and the CLI pipeline
+weights -> train -> eval.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vocabseg.approaches.contmav_eval import discover_classes_strided
+from vocabseg.approaches.contmav_inference import (
+    ClusterState,
+    MavStats,
+    contmav_scores,
+    discover_classes,
+)
+from vocabseg.approaches.contmav_train import (
+    ContMAVTask,
+    ContMAVVariant,
+    build_contmav_model,
+    known_from_unknown,
+    load_contmav_export,
+    read_class_weights,
+    region_embeddings,
+    write_class_weights,
+)
+from vocabseg.cli import main as cli_main
+from vocabseg.data.prepare import prepare_dataset
+from vocabseg.data.semantic_dataset import UNKNOWN_CLASS, VOID, SemanticDataset, contmav_augment
+from vocabseg.data.synth import generate_city
+from vocabseg.data.transforms import color_jitter_hsv
+from vocabseg.engine import TrainConfig, train
+from vocabseg.errors import InputError
+
+from trainer_helpers import one_thread, read_metrics, run_paths
+
+SIZE = (64, 128)
+UNKNOWN = (16, 17, 18)
+KNOWN = known_from_unknown(UNKNOWN)
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("contmav_city")
+    generate_city(root / "raw", split_sizes={"train": 4, "val": 2}, height=SIZE[0], width=SIZE[1], seed=5)
+    prepare_dataset(root / "raw", root / "prepared", ("train", "val"))
+    return {
+        "root": root,
+        "train_images": root / "raw" / "leftImg8bit" / "train",
+        "train_labels": root / "prepared" / "gtFine" / "train",
+        "val_images": root / "raw" / "leftImg8bit" / "val",
+        "val_labels": root / "prepared" / "gtFine" / "val",
+    }
+
+
+def _batch(dataset: SemanticDataset, indices, seed: int = 0):
+    samples = [dataset.get(i, seed + i) for i in indices]
+    return torch.stack([s[0] for s in samples]), [s[1] for s in samples]
+
+
+# ---------------------------------------------------------------------- dataset
+def test_dataset_maps_unknown_classes_to_ignore_and_is_deterministic(city, tmp_path):
+    known = [t for t in range(19) if t not in (0, 13)]  # road and car unknown: always present
+    plain = SemanticDataset(city["train_images"], city["train_labels"], known)
+    image, ids = plain.raw(0)
+    assert image.shape == (3, *SIZE) and ids.dtype == torch.int64
+    labels = plain.get(0, seed=1)[1]["labels"]
+    for t in (0, 13):
+        assert (ids == t).any() and (labels[ids == t] == UNKNOWN_CLASS).all()
+    assert (labels[ids == VOID] == VOID).all()
+    for k, t in enumerate(known):
+        assert (labels[ids == t] == k).all()
+    voided = SemanticDataset(city["train_images"], city["train_labels"], known, unknown_as="void")
+    assert (voided.get(0, 1)[1]["labels"][ids == 13] == VOID).all()
+    evaluation = plain.space.eval_labels(ids)
+    assert (evaluation[ids == 0] == 17).all() and (evaluation[ids == 13] == 18).all()  # K + j
+
+    aug = SemanticDataset(
+        city["train_images"], city["train_labels"], known, augment=contmav_augment((48, 96), 0.5, 2.0)
+    )
+    a, b, c = aug.get(1, 7), aug.get(1, 7), aug.get(1, 8)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1]["labels"], b[1]["labels"]) and a[1]["seed"] == 7
+    assert not torch.equal(a[0], c[0])
+    assert a[0].shape == (3, 48, 96) and a[1]["labels"].shape == (48, 96)
+    assert set(a[1]["labels"].unique().tolist()) <= set(range(17)) | {UNKNOWN_CLASS, VOID}
+    # a crop larger than the rescaled image is padded with void (and black)
+    small = SemanticDataset(
+        city["train_images"], city["train_labels"], known, augment=contmav_augment((48, 96), 0.5, 0.5),
+        hsv_jitter=False,
+    )
+    image, target = small.get(0, 3)
+    assert (target["labels"][32:] == VOID).all() and (image[:, 32:] == 0).all()
+    assert (target["labels"][:32, :64] != VOID).any()
+
+    with pytest.raises(InputError, match=str(tmp_path / "nothing")):
+        SemanticDataset(tmp_path / "nothing", city["train_labels"], known)
+    (tmp_path / "empty" / "city").mkdir(parents=True)
+    with pytest.raises(InputError, match="no images"):
+        SemanticDataset(tmp_path / "empty", city["train_labels"], known)
+    bad = tmp_path / "bad"
+    (bad / "img" / "c").mkdir(parents=True)
+    (bad / "lab" / "c").mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(bad / "img" / "c" / "x.jpg")
+    with pytest.raises(InputError, match="x_gtFine_labelTrainIds.png: missing"):
+        SemanticDataset(bad / "img", bad / "lab", known)
+    Image.fromarray(np.full((4, 4), 33, np.uint8)).save(bad / "lab" / "c" / "x_gtFine_labelTrainIds.png")
+    with pytest.raises(InputError, match="value 33 is not a train id"):
+        SemanticDataset(bad / "img", bad / "lab", known).raw(0)
+    with pytest.raises(InputError, match="repeated"):
+        SemanticDataset(city["train_images"], city["train_labels"], [1, 1])
+
+
+def test_hsv_jitter_by_hand():
+    grey = torch.full((3, 2, 2), 100.0)  # hue and saturation 0: only the value shift shows
+    draws = torch.Generator().manual_seed(4)
+    u = [torch.rand((), generator=draws, dtype=torch.float64).item() for _ in range(3)]
+    out = color_jitter_hsv(grey, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(out, torch.full((3, 2, 2), 100.0 - 25.0 + 50.0 * u[2]))
+    red = torch.zeros(3, 1, 1)
+    red[0] = 200.0  # hue 0, saturation 1: scaling keeps it red (saturation clipped at 1)
+    torch.testing.assert_close(color_jitter_hsv(red, torch.Generator().manual_seed(4))[1:], torch.zeros(2, 1, 1))
+
+
+def test_class_weights_file_is_median_frequency_of_known_classes(city, tmp_path):
+    out = tmp_path / "w.json"
+    stats = write_class_weights(city["train_images"], city["train_labels"], KNOWN, out)
+    assert json.loads(out.read_text())["weights"] == stats["weights"]
+    counts, image_pixels = np.zeros(16), np.zeros(16)
+    for path in sorted(city["train_labels"].glob("*/*_labelTrainIds.png")):
+        ids = np.asarray(Image.open(path))
+        for k, t in enumerate(KNOWN):
+            n = (ids == t).sum()
+            counts[k] += n
+            image_pixels[k] += ids.size if n else 0
+    present = counts > 0
+    freq = counts[present] / image_pixels[present]
+    expected = np.zeros(16)
+    expected[present] = np.median(freq) / freq
+    np.testing.assert_allclose(stats["weights"], expected, rtol=1e-6)
+    assert stats["pixel_counts"] == counts.tolist() and stats["n_images"] == 4
+    assert torch.allclose(read_class_weights(out, KNOWN), torch.tensor(expected, dtype=torch.float32))
+    with pytest.raises(InputError, match="training uses"):
+        read_class_weights(out, known_from_unknown([17, 18]))
+
+
+# ---------------------------------------------------------------------- task
+def test_region_embeddings_by_hand():
+    features = torch.tensor([[[3.0, 0.0, 1.0, 1.0], [4.0, 2.0, 0.0, 1.0]]])[:, :, None, :]  # [1, 2, 1, 4]
+    labels = torch.tensor([[[0, 0, VOID, 1]]])
+    known, known_labels, unknown = region_embeddings(features, labels, 2, (1, 2), min_pixels=1)
+    assert known_labels.tolist() == [0, 1]
+    torch.testing.assert_close(known, torch.tensor([[0.3, 0.9], [0.5**0.5, 0.5**0.5]]))  # mean(0.6,0.8 / 0,1)
+    torch.testing.assert_close(unknown, torch.tensor([[1.0, 0.0]]))
+    known, _, unknown = region_embeddings(features, labels, 2, (1, 2), min_pixels=2)
+    assert known.shape == (1, 2) and unknown.shape == (0, 2)
+
+
+VARIANTS = {
+    "contmav": ({}, {}),
+    "trufor": ({"trufor": True}, {}),
+    "focal": ({}, {"semantic": "focal"}),
+    "focal_dice": ({}, {"semantic": "focal_dice"}),
+    "infonce": ({}, {"extra": "infonce", "extra_min_pixels": 4}),
+    "synco": ({}, {"extra": "synco", "extra_min_pixels": 4}),
+}
+
+
+def _primed_task(city, model_overrides, variant) -> tuple[ContMAVTask, torch.Tensor, list]:
+    torch.manual_seed(0)
+    model = build_contmav_model({"preset": "tiny", **model_overrides}, len(KNOWN), SIZE)
+    task = ContMAVTask(model, torch.rand(len(KNOWN)) + 0.5, ContMAVVariant.from_dict(variant), KNOWN)
+    dataset = SemanticDataset(city["train_images"], city["train_labels"], KNOWN, unknown_as="void")
+    images, targets = _batch(dataset, [0, 1, 2])
+    with torch.no_grad():
+        task.losses(model, images, targets)
+    task.end_epoch(1)  # MAVs of the first pass: every MAV loss is active now
+    return task, images, targets
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_every_variant_has_active_terms_whose_gradients_reach_the_model(city, name):
+    model_overrides, variant = VARIANTS[name]
+    task, images, targets = _primed_task(city, model_overrides, variant)
+    model = task.model
+    terms = task.losses(model, images, targets)
+    semantic = {"ce": "loss_ce", "focal": "loss_focal", "focal_dice": "loss_focal"}[variant.get("semantic", "ce")]
+    expected = {semantic, "loss_feat", "loss_cont", "loss_obj"}
+    expected |= {"loss_dice"} if name == "focal_dice" else set()
+    expected |= {"loss_extra"} if "extra" in variant else set()
+    assert set(terms) == expected
+    params = dict(model.named_parameters())
+    for key, term in terms.items():
+        assert term.item() > 0, key
+        grads = torch.autograd.grad(term, list(params.values()), retain_graph=True, allow_unused=True)
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), key
+    model.zero_grad()
+    sum(terms.values()).backward()
+    parts = ["encoder.", "decoder_semantic.", "decoder_contrastive.", "context.", "skips."]
+    parts += ["trufor_head."] if model_overrides else []  # the default fusion has no parameters
+    for part in parts:
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in params.items() if n.startswith(part)), part
+    if name == "synco":  # the synthetic hard negatives raise the InfoNCE term of the same batch
+        plain, _, _ = _primed_task(city, {}, VARIANTS["infonce"][1])
+        torch.manual_seed(1)
+        with_synco = terms["loss_extra"].item()
+        assert with_synco > plain.losses(plain.model, images, targets)["loss_extra"].item()
+
+
+class RecordingTask(ContMAVTask):
+    """Records, per iteration, the MAVs the losses use, the semantic logits and the labels."""
+
+    def __init__(self, *args, crash_at: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.crash_at, self.calls, self.used, self.logits, self.labels = crash_at, 0, [], [], []
+        self.model.register_forward_hook(lambda m, i, out: self.logits.append(out["semantic"].detach().clone()))
+
+    def losses(self, model, images, targets):
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise RuntimeError("simulated crash")
+        mavs = self.mavs
+        self.used.append(None if mavs is None else (mavs.means.clone(), mavs.valid.clone()))
+        self.labels.append(torch.stack([t["labels"] for t in targets]))
+        return super().losses(model, images, targets)
+
+
+def _run(city, folder: Path, crash_at: int | None = None, variant: dict | None = None, **cfg) -> RecordingTask:
+    torch.manual_seed(0)
+    model = build_contmav_model({"preset": "tiny"}, len(KNOWN), SIZE)
+    task = RecordingTask(model, None, ContMAVVariant.from_dict(variant or {}), KNOWN, crash_at=crash_at)
+    dataset = SemanticDataset(
+        city["train_images"], city["train_labels"], KNOWN, augment=contmav_augment(SIZE, 1.0, 1.5)
+    )
+    settings = dict(iters=4, batch_size=2, optimizer="adam", lr=0.004, weight_decay=1e-4, schedule="onecycle",
+                    clip_grad=0.0, log_every=1, checkpoint_every=1, seed=2)
+    with one_thread():
+        train(task, dataset, TrainConfig(**{**settings, **cfg}), **run_paths(folder))
+    return task
+
+
+def _tp_means(logits: list[torch.Tensor], labels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    sums, counts = torch.zeros(16, 16, dtype=torch.float64), torch.zeros(16, dtype=torch.float64)
+    for f, y in zip(logits, labels):
+        pred = f.argmax(1)
+        for k in range(16):
+            tp = (y == k) & (pred == k)
+            counts[k] += tp.sum()
+            sums[k] += f.permute(0, 2, 3, 1)[tp].double().sum(0)
+    return sums / counts.clamp_min(1)[:, None], counts
+
+
+def test_mavs_accumulate_over_an_epoch_and_feed_the_next_one(city, tmp_path):
+    task = _run(city, tmp_path)  # 4 images, batch 2: iterations 1-2 are epoch 0, 3-4 epoch 1
+    log = read_metrics(tmp_path)
+    assert [r["iter"] for r in log] == [1, 2, 3, 4]
+    assert [r["loss_feat"] for r in log[:2]] == [0.0, 0.0] and [r["loss_cont"] for r in log[:2]] == [0.0, 0.0]
+    assert all(r["loss_feat"] > 0 and r["loss_cont"] > 0 and r["loss_obj"] > 0 for r in log[2:])
+    assert task.used[:2] == [None, None]
+    means0, counts0 = _tp_means(task.logits[:2], task.labels[:2])
+    for used in task.used[2:]:  # epoch 1 uses epoch 0's true-positive means
+        means, valid = used
+        assert valid.tolist() == (counts0 > 0).tolist() and valid.any()
+        torch.testing.assert_close(means[valid].double(), means0[valid], rtol=1e-5, atol=1e-5)
+
+    export = load_contmav_export(tmp_path / "model.pt")  # the MAVs finalised after epoch 1
+    means1, counts1 = _tp_means(task.logits[2:], task.labels[2:])
+    fresh = counts1 > 0
+    torch.testing.assert_close(export.stats.mavs[fresh].double(), means1[fresh], rtol=1e-5, atol=1e-5)
+    assert export.stats.counts[fresh].tolist() == counts1[fresh].long().tolist()
+    assert export.info["epochs"] == 2 and export.known_train_ids == tuple(KNOWN)
+
+    # the file is plain tensors and containers, and the model round-trips
+    raw = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert raw["format"] == "vocabseg.contmav" and raw["config"]["num_classes"] == 16
+    own = task.model.state_dict()
+    assert all(torch.equal(own[k].cpu(), v) for k, v in export.model.state_dict().items())
+    task.model.eval()
+    x = torch.rand(1, 3, *SIZE)
+    with torch.no_grad():
+        a, b = task.model(x), export.model(x)
+    assert torch.equal(a["semantic"], b["semantic"]) and torch.equal(a["contrastive"], b["contrastive"])
+    torch.save({"format": "other"}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="not a ContMAV model export"):
+        load_contmav_export(tmp_path / "other.pt")
+
+
+def test_a_crash_mid_epoch_resumes_with_the_same_mavs_and_weights(city, tmp_path):
+    _run(city, tmp_path / "ref", iters=6)
+    with pytest.raises(RuntimeError, match="simulated crash"):  # iteration 4 of epoch 1 (3-4): partial sums
+        _run(city, tmp_path / "run", iters=6, crash_at=4)
+    ckpt = torch.load(tmp_path / "run" / "state" / "ckpt_3.pt", weights_only=True)
+    assert ckpt["task"]["mav.count"].sum() > 0 and ckpt["task"]["mav.epochs"] == 1
+    with pytest.raises(InputError, match="does not fit.*another model configuration, variant"):
+        _run(city, tmp_path / "run", iters=6, variant={"semantic": "focal"})
+    resumed = _run(city, tmp_path / "run", iters=6)
+    assert resumed.calls == 3
+    ref, mine = (torch.load(p / "model.pt", weights_only=True) for p in (tmp_path / "ref", tmp_path / "run"))
+    for key in ("mavs", "variances", "counts"):
+        assert torch.equal(mine["mav_stats"][key], ref["mav_stats"][key]), key
+    assert all(torch.equal(mine["model"][k], v) for k, v in ref["model"].items())
+
+
+# ---------------------------------------------------------------------- evaluation
+def test_strided_discovery_clusters_the_grid_and_assigns_every_unknown_pixel():
+    features = torch.zeros(1, 2, 4, 4)
+    features[0, :, :, 2:] = 5.0  # right half far from the left half
+    features[0, 0, 1, 1] = 0.7  # off the grid, nearest to the left class but farther than eta
+    stats = MavStats.from_tensors(torch.full((2, 2), 50.0), torch.ones(2, 2))
+    scores = contmav_scores(features, torch.zeros_like(features), stats)  # far from every MAV, zero norm
+    assert scores.unknown.all()
+    exact, exact_state = discover_classes(features, scores, None)
+    same, same_state = discover_classes_strided(features, scores, None, stride=1)
+    assert torch.equal(same, exact) and torch.equal(same_state.centroids, exact_state.centroids)
+    assert exact_state.n_classes == 3  # online, (0.7, 0) starts a class of its own
+    labels, state = discover_classes_strided(features, scores, None, stride=2)
+    assert state.n_classes == 2 and state.counts.tolist() == [2, 2]  # only the 4 grid pixels are clustered
+    expected = torch.full((1, 4, 4), 2)
+    expected[0, :, 2:] = 3
+    assert torch.equal(labels, expected)  # K + class; (0.7, 0) joins its nearest class
+    one = ClusterState(torch.zeros(1, 2, dtype=torch.float64), torch.ones(1, dtype=torch.int64))
+    frozen, kept = discover_classes_strided(features, scores, one, stride=2, max_classes=1)
+    assert kept is one and (frozen == 2).all()  # no new class, no update: everything joins class 0
+
+
+# ---------------------------------------------------------------------- CLI
+def test_cli_weights_train_eval_pipeline_writes_the_metric_keys(city, tmp_path, capsys):
+    unknown = ["--unknown", "11", "13"]  # person and car: present in both validation images
+    paths = ["--image-root", str(city["train_images"]), "--label-root", str(city["train_labels"])]
+    assert cli_main(["contmav-weights", *paths, *unknown, "--out", str(tmp_path / "w.json")]) == 0
+    recipe = {"epochs": 2, "batch_size": 2, "augment": {"crop_size": list(SIZE), "max_scale": 1.5}, "log_every": 1}
+    train_args = [
+        "contmav-train", *paths, *unknown, "--weights", str(tmp_path / "w.json"),
+        "--model", json.dumps({"preset": "tiny", "trufor": True}), "--variant", json.dumps({"extra": "synco"}),
+        "--recipe", json.dumps(recipe), "--out", str(tmp_path / "model.pt"),
+        "--state-dir", str(tmp_path / "state"), "--metrics-log", str(tmp_path / "log.jsonl"), "--threads", "1",
+    ]
+    assert cli_main(train_args) == 0
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in log] == [1, 2, 3, 4] and "loss_extra" in log[0]
+    out = tmp_path / "metrics.json"
+    eval_args = [
+        "contmav-eval", "--model", str(tmp_path / "model.pt"), "--image-root", str(city["val_images"]),
+        "--label-root", str(city["val_labels"]), "--out", str(out), "--fact", "approach=contmav_synco",
+    ]
+    assert cli_main(eval_args) == 0
+    assert "AUROC" in capsys.readouterr().out
+    metrics = json.loads(out.read_text())
+    assert metrics["classes"]["unknown"] == ["person", "car"] and len(metrics["classes"]["known"]) == 17
+    assert 0 <= metrics["known"]["miou"] <= 1
+    for key in ("aupr", "auroc", "fpr95"):
+        assert 0 <= metrics["anomaly"][key] <= 1, key
+    assert metrics["open_world"]["n_discovered"] >= 0 and "miou" in metrics["open_world"]
+    run = metrics["run"]
+    assert run["approach"] == "contmav_synco" and run["unknown_train_ids"] == [11, 13] and run["epochs"] == 2
+    assert run["variant"]["extra"] == "synco"
+
+    assert cli_main(["contmav-train", *paths, "--out", "x", "--state-dir", "s", "--metrics-log", "m"]) == 1
+    assert "exactly one of --known and --unknown" in capsys.readouterr().err
+    bad_variant = train_args[:]
+    bad_variant[bad_variant.index("--variant") + 1] = '{"extra": "moco"}'
+    assert cli_main(bad_variant) == 1
+    assert "extra" in capsys.readouterr().err
