@@ -28,6 +28,7 @@ include: "workflow/rules/pseudolabel.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/openworld.smk"
 include: "workflow/rules/report.smk"
 
 

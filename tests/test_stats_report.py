@@ -154,3 +154,49 @@ def test_unreadable_metrics_names_the_file(tmp_path):
     partial.write_text("{}")
     with pytest.raises(InputError, match="partial.json.*All"):
         results_frame([partial])
+
+
+def _openworld_metrics(tmp_path, name, known_right, scores):
+    """An open-world metrics file made by the real accumulator: 2 known classes, 1 unknown."""
+    import numpy as np
+
+    from vocabseg.evaluation.openworld import OpenWorldAccumulator, write_openworld_metrics
+
+    gt = np.array([[0, 0, 1, 1, 2, 2, 255, 255]])
+    pred = np.array([[0, 0 if known_right else 1, 1, 1, 0, 1, 0, 0]])
+    acc = OpenWorldAccumulator(2, 1)
+    acc.update(gt, semantic_pred=pred, unknown_score=np.array([scores]))
+    path = tmp_path / f"{name}.json"
+    write_openworld_metrics(acc.summarize(), path, run={"approach": name, "dataset": "synthcity", "unknown": "17 18"})
+    return path
+
+
+def test_openworld_table_follows_the_panoptic_one(tmp_path):
+    perfect = _openworld_metrics(tmp_path, "contmav", True, [0.1, 0.2, 0.1, 0.3, 0.9, 0.8, 0.5, 0.5])
+    inverted = _openworld_metrics(tmp_path, "contmav_focal", False, [0.9, 0.8, 0.9, 0.7, 0.1, 0.2, 0.5, 0.5])
+    files = _write(tmp_path, [("a", _metrics(0.5, 0.5, 0.5, "a"))])
+    md, table_csv = tmp_path / "t.md", tmp_path / "t.csv"
+    write_report(files, md, table_csv, tmp_path / "b.png", "T", openworld_files=[perfect, inverted])
+    text = md.read_text()
+    assert text.index("| a |") < text.index("## Open-world segmentation (ContMAV)")
+    assert "| approach | mIoU known | AUPR | FPR95 | AUROC | OW mIoU | class sim | dataset | unknown |" in text
+    # unknown pixels score above every known one: AUROC 1; the reverse: 0 (void ignored)
+    assert "| contmav | 100.000 | 100.000 | 0.000 | 100.000 |" in text
+    assert "| contmav_focal | 58.333 |" in text  # IoU 1/2 and 2/3: unknown-class pixels are not known errors
+    assert "| 100.000 | 0.000 | - | - | synthcity | 17 18 |" in text  # FPR95 100, AUROC 0
+    rows = list(csv.DictReader((tmp_path / "t_openworld.csv").open()))
+    assert [r["approach"] for r in rows] == ["contmav", "contmav_focal"]
+
+
+def test_openworld_only_study_has_no_panoptic_table(tmp_path):
+    ow = _openworld_metrics(tmp_path, "contmav", True, [0.1, 0.2, 0.1, 0.3, 0.9, 0.8, 0.5, 0.5])
+    md = tmp_path / "t.md"
+    write_report([], md, tmp_path / "t.csv", tmp_path / "b.png", "BDD", tradeoff_png=tmp_path / "to.png",
+                 openworld_files=[ow])
+    text = md.read_text()
+    assert "No panoptic approach in this study." in text and "| contmav | 100.000 |" in text
+    assert "Per-class PQ" not in text and (tmp_path / "to.png").exists()
+    panoptic = tmp_path / "p.json"
+    panoptic.write_text("{}")
+    with pytest.raises(InputError, match="p.json.*not an open-world"):
+        write_report([], md, tmp_path / "x.csv", tmp_path / "b.png", "BDD", openworld_files=[panoptic])

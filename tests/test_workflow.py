@@ -57,6 +57,7 @@ def test_dry_run_of_the_cityscapes_study_plans_everything_without_network(tmp_pa
     # the seed's rows: 5 single-model trainings, 6 combined runs (the two "mean" rows share one)
     assert jobs["train"] == 5 and jobs["train_combined"] == 6 and jobs["wiseft"] == 3
     assert jobs["predict"] == 16 and jobs["intersect"] == 3 and jobs["evaluate"] == 20
+    assert jobs["contmav_train"] == 6 and jobs["contmav_eval"] == 6  # ContMAV 1+19
     assert jobs["predict_teacher"] == 1 and jobs["pseudolabel"] == 1 and jobs["text_embeddings"] == 2
     assert "synth_city" not in jobs and "pretrain_base" not in jobs
 
@@ -67,9 +68,30 @@ def test_dry_run_of_the_default_study(tmp_path):
     jobs = jobs_planned(res.stdout)
     assert jobs["synth_city"] == 3  # the study's city, the source-style one, the CLIP's "web" one
     assert jobs["pretrain_clip"] == 1 and jobs["pretrain_base"] == 1
-    assert jobs["vocab_split"] == 9 and jobs["train"] == 3 and "train_combined" not in jobs
-    assert jobs["predict"] == 7 and jobs["intersect"] == 2 and jobs["wiseft"] == 3
-    assert jobs["evaluate"] == 10 and jobs["panels"] == 1
+    # every seed row: 5 single-model trainings (KD included), 5 combined runs (the two
+    # "mean" rows share one; the normalised entropy is in config/synthetic-seed.yaml only)
+    assert jobs["vocab_split"] == 9 and jobs["train"] == 5 and jobs["train_combined"] == 5
+    assert jobs["predict"] == 15 and jobs["intersect"] == 3 and jobs["wiseft"] == 3
+    assert jobs["evaluate"] == 19 and jobs["panels"] == 1
+    # the six ContMAV variants of the open-world table
+    assert jobs["contmav_weights"] == 1 and jobs["contmav_train"] == 6 and jobs["contmav_eval"] == 6
+
+
+def test_dry_run_of_bdd_anomaly_plans_the_build_and_six_contmav_variants(tmp_path):
+    res = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config/bdd-anomaly.yaml"))
+    assert res.returncode == 0, res.stderr + res.stdout
+    jobs = jobs_planned(res.stdout)
+    assert jobs["build_bdd_anomaly"] == 1 and jobs["contmav_weights"] == 1
+    assert jobs["contmav_train"] == 6 and jobs["contmav_eval"] == 6 and jobs["report"] == 1
+    assert not {"train", "predict", "download_cityscapes", "panels"} & set(jobs)
+
+
+def test_bdd_anomaly_without_its_folder_names_the_key(tmp_path):
+    config = yaml.safe_load((REPO / "config/bdd-anomaly.yaml").read_text())
+    config["openworld"]["bdd100k"] = None
+    res = snakemake(tmp_path, "-n", "--configfile", str(write_config(tmp_path / "c.yaml", config)))
+    assert res.returncode != 0
+    assert "config key openworld.bdd100k" in res.stderr + res.stdout
 
 
 def test_dry_run_of_every_seed_row_on_the_synthetic_city(tmp_path):
@@ -193,6 +215,33 @@ def test_tiny_study_runs_end_to_end(tmp_path):
     # nothing is left to do
     again = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(config))
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_tiny_openworld_study_trains_scores_and_tabulates_contmav(tmp_path):
+    config = json.loads(json.dumps(TINY))
+    config["study"] = "tinyow"
+    config["openworld"] = {
+        "dataset": "study",
+        "unknown": [13],  # car
+        "model": {"preset": "tiny"},
+        "loss": {"mav_start_epoch": 1},
+        "recipe": {"epochs": 3, "batch_size": 2, "augment": {"crop_size": [32, 64]}},
+        "variants": {"contmav": None, "contmav_trufor": {"model": {"trufor": True}},
+                     "contmav_synco": {"loss": {"extra": "synco"}}},
+    }
+    res = snakemake(tmp_path, "--cores", "2", "--configfile", str(write_config(tmp_path / "ow.yaml", config)))
+    assert res.returncode == 0, res.stderr[-6000:]
+    table = (tmp_path / "results/table.md").read_text()
+    assert "## Open-world segmentation (ContMAV)" in table
+    for variant in ("contmav", "contmav_trufor", "contmav_synco"):
+        assert f"| {variant} |" in table
+        metrics = json.loads((tmp_path / f"results/tinyow/openworld/metrics/{variant}.json").read_text())
+        assert str(metrics["run"]["unknown"]) == "13" and metrics["run"]["epochs"] == 3
+        assert 0.0 <= metrics["anomaly"]["auroc"] <= 1.0  # the tiny city's val images have cars
+        log = (tmp_path / f"results/tinyow/openworld/models/{variant}/ckpt/metrics.jsonl").read_text()
+        assert json.loads(log.splitlines()[-1])["iter"] == 6  # 3 epochs of 2 iterations (4 images, batch 2)
+    weights = json.loads((tmp_path / "results/tinyow/openworld/class_weights.json").read_text())
+    assert 13 not in weights["known_train_ids"] and len(weights["weights"]) == 18
 
 
 def test_missing_official_weights_say_where_they_come_from(tmp_path):

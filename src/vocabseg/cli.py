@@ -191,7 +191,9 @@ def cmd_evaluate_panoptic(a: argparse.Namespace) -> None:
 def cmd_report(a: argparse.Namespace) -> None:
     from vocabseg.report.table import write_report
 
-    frame = write_report(a.metrics, a.table_md, a.table_csv, a.bars, a.title, tradeoff_png=a.tradeoff)
+    frame = write_report(
+        a.metrics, a.table_md, a.table_csv, a.bars, a.title, tradeoff_png=a.tradeoff, openworld_files=a.openworld
+    )
     print(f"{len(frame)} rows written to {a.table_md}")
 
 
@@ -476,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bars", type=P, required=True)
     p.add_argument("--tradeoff", type=P, default=None, help="PNG: PQ In vs PQ Out, one point per approach")
     p.add_argument("--title", default="vocabseg results")
+    p.add_argument("--openworld", type=P, nargs="*", default=[], help="contmav-eval metrics: the open-world table")
 
     p = sub.add_parser("panels", help="qualitative panels: photo, ground truth and each approach's overlay")
     p.add_argument("--gt-json", type=P, required=True, help="prepared validation panoptic JSON")

@@ -61,7 +61,9 @@ def approaches_of_kind(*kinds):
 
 def final_outputs():
     """Everything `snakemake` builds by default: splits, plots, metrics, the table."""
-    outputs = ["results/table.md", f"{RESULTS}/figures/panels"]
+    outputs = ["results/table.md"]
+    if APPROACHES:  # an open-world-only study has no panoptic predictions to show
+        outputs.append(f"{RESULTS}/figures/panels")
     for conf in config["vocabularies"]:
         outputs.append(f"{RESULTS}/vocab/{conf}/split.json")
         outputs.append(f"{RESULTS}/vocab/{conf}/class_frequency.png")
@@ -223,3 +225,63 @@ def combined_args(approach):
     if spec["kind"] != "combined":
         return ""
     return f"--combined {spec['fusion']} --predict-with {spec.get('predict_with', 'fused')}"
+
+
+# ---- open-world segmentation (seed 003; rules in openworld.smk) ----
+OW = config.get("openworld") or {}
+OW_RESULTS = f"{RESULTS}/openworld"
+OW_VARIANTS = OW.get("variants", {})
+OW_UNKNOWN = " ".join(str(i) for i in OW.get("unknown", []))
+# the classes a model is trained on: all 19 but the unknown ones (1+19 when none)
+OW_KNOWN_ARG = "--known " + " ".join(str(i) for i in range(19) if i not in OW.get("unknown", []))
+OW_MODEL = OW.get("model", {"preset": "paper"})
+OW_RECIPE = OW.get("recipe", {})
+OW_EVAL = {"size": None, "cluster_stride": 4, **OW.get("eval", {})}
+OW_BDD_VARIANT = OW.get("bdd_variant", "1+16")
+OW_ON_BDD = OW.get("dataset") == "bdd-anomaly"
+if OW_ON_BDD and not OW.get("bdd100k"):
+    raise WorkflowError(
+        "config key openworld.bdd100k: the BDD100K folder (images/10k, labels/sem_seg/masks) "
+        "is needed for openworld.dataset bdd-anomaly"
+    )
+if OW_ON_BDD:
+    # built from the user's BDD100K folder; the images with unknown classes are the test split
+    OW_IMAGES = OW_LABELS = f"resources/bdd-anomaly-{OW_BDD_VARIANT}"
+    OW_EVAL_SPLIT = "test"
+else:
+    # the study's own dataset (synthetic city or Cityscapes): photos in the raw
+    # download, train-id labels in the prepared folder
+    OW_IMAGES, OW_LABELS = RAW, PREPARED
+    OW_EVAL_SPLIT = "val"
+
+
+def ow_roots(split):
+    """`contmav-*` image and label folder options of a split."""
+    return f"--image-root {OW_IMAGES}/leftImg8bit/{split} --label-root {OW_LABELS}/gtFine/{split}"
+
+
+def ow_variant_json(variant, part):
+    """A variant's model settings (over openworld.model) or loss settings (over
+    openworld.loss) as JSON."""
+    spec = OW_VARIANTS[variant] or {}
+    if part == "model":
+        return json.dumps({**OW_MODEL, **spec.get("model", {})})
+    return json.dumps({**OW.get("loss", {}), **spec.get("loss", {})})
+
+
+def ow_facts(variant):
+    """`--fact KEY=VALUE` arguments recorded in a ContMAV variant's metrics JSON."""
+    facts = {
+        "approach": variant,
+        "kind": "contmav",
+        "study": STUDY,
+        "dataset": f"bdd-anomaly {OW_BDD_VARIANT}" if OW_ON_BDD else DATASET,
+        "unknown": OW_UNKNOWN or "-",
+        "epochs": OW_RECIPE.get("epochs", ""),
+    }
+    return " ".join(f"--fact {shlex.quote(f'{k}={v}')}" for k, v in facts.items())
+
+
+def openworld_metrics():
+    """The ContMAV metrics files of the second results table (none without `openworld`)."""
+    return [f"{OW_RESULTS}/metrics/{variant}.json" for variant in OW_VARIANTS]

@@ -54,9 +54,12 @@ rule prepare:
         "logs/{city}/prepare.log",
     benchmark:
         "benchmarks/{city}/prepare.tsv"
+    priority: 20
     conda:
         CONDA_ENV
-    threads: 4
+    # one thread for a synthetic city (a few dozen images; it then runs beside the
+    # pretraining instead of waiting for both cores); first, as everything waits for it
+    threads: 1 if KIND == "synthetic" else 4
     shell:
         "vocabseg prepare --raw {input} --out {output} --splits train val --threads {threads}"
         " > {log} 2>&1"

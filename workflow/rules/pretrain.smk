@@ -2,6 +2,8 @@
 # a tiny CLIP pretrained on image regions of the source-style city and of "web"
 # images (a target-style city of its own seed), then a tiny FC-CLIP trained on the
 # source-style city alone with all 19 classes.
+# Both are the head of the FC-CLIP chain: they go first (priority) on one thread, as
+# the training jobs (see train.smk), while ContMAV or the plots use the other core.
 
 
 if PRETRAIN_BASE:
@@ -16,9 +18,10 @@ if PRETRAIN_BASE:
             f"{LOGS}/pretrain_clip.log",
         benchmark:
             f"{BENCH}/pretrain_clip.tsv"
+        priority: 10
         conda:
             CONDA_ENV
-        threads: 2
+        threads: 1
         params:
             steps=config["pretrain"]["clip_steps"],
             # the resolution FC-CLIP later sees: region features do not carry over sizes
@@ -40,9 +43,10 @@ if PRETRAIN_BASE:
             f"{LOGS}/pretrain_base.log",
         benchmark:
             f"{BENCH}/pretrain_base.tsv"
+        priority: 10
         conda:
             CONDA_ENV
-        threads: 2
+        threads: 1
         resources:
             gpu=0,
             cpus_per_gpu=8,

@@ -8,7 +8,8 @@ localrules:
 
 rule report:
     input:
-        [f"{RESULTS}/metrics/{name}.json" for name in APPROACHES],
+        metrics=[f"{RESULTS}/metrics/{name}.json" for name in APPROACHES],
+        openworld=openworld_metrics(),
     output:
         md=report("results/table.md", caption="../report/table.rst", category="Results"),
         csv="results/table.csv",
@@ -27,7 +28,7 @@ rule report:
     params:
         title=config["title"],
     shell:
-        "vocabseg report --metrics {input} --table-md {output.md} --table-csv {output.csv}"
+        "vocabseg report --metrics {input.metrics} --openworld {input.openworld} --table-md {output.md} --table-csv {output.csv}"
         " --bars {output.bars} --tradeoff {output.tradeoff} --title {params.title:q} > {log} 2>&1"
 
 

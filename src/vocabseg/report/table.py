@@ -8,6 +8,11 @@ vocabulary configuration, iterations). Below the main table, per-class PQ. A gro
 without any class (``n == 0``) prints as ``-``. The CSV holds the same rows with
 every column (``label`` and ``kind`` included), the figures are the PQ bar chart
 and, optionally, the In/Out trade-off plot.
+
+A second table (open-world semantic segmentation, seed 003) follows when metrics files
+of ``vocabseg contmav-eval`` are given: one row per ContMAV variant with known-class
+mIoU, AUPR, FPR95 and AUROC of the unknown score and the open-world mIoU of the
+discovered classes, x100.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ import pandas as pd
 
 from vocabseg.data.labels import EVAL_LABELS
 from vocabseg.errors import InputError
+from vocabseg.evaluation.openworld import openworld_table_row
 from vocabseg.fileio import read_json, write_text_atomic
 from vocabseg.report.figures import plot_pq_bars, plot_tradeoff
 
-__all__ = ["load_metrics", "results_frame", "write_report"]
+__all__ = ["load_metrics", "results_frame", "openworld_frame", "write_report"]
 
 _FACTS = ("study", "dataset", "backbone", "vocab", "iterations")
 
@@ -64,6 +70,24 @@ def results_frame(metrics_files: Sequence[Path]) -> pd.DataFrame:
         for lb in EVAL_LABELS:
             row[f"pq/{lb.name}"] = _x100(m["per_class"].get(str(lb.id)), "pq")
         rows.append(row)
+    columns = ["approach", "label", "PQ", "PQ In", "PQ Out", "SQ", "RQ", "mIoU", *_FACTS, "kind", "eval vocab"]
+    return pd.DataFrame(rows, columns=[*columns, *(f"pq/{lb.name}" for lb in EVAL_LABELS)])
+
+
+def openworld_frame(metrics_files: Sequence[Path]) -> pd.DataFrame:
+    """One row per ``contmav-eval`` metrics file (see :func:`openworld_table_row`),
+    plus the run facts dataset and unknown classes."""
+    rows = []
+    for path in metrics_files:
+        m = read_json(path)
+        if "anomaly" not in m or "known" not in m:
+            raise InputError(f"{path}: not an open-world metrics JSON (no 'anomaly' / 'known' entry)")
+        row = openworld_table_row(m)
+        if row["approach"] == "-":
+            row["approach"] = Path(path).stem
+        run = m.get("run", {})
+        row.update({"dataset": run.get("dataset", ""), "unknown": run.get("unknown", ""), "epochs": run.get("epochs", "")})
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -88,15 +112,19 @@ def write_report(
     bars_png: Path,
     title: str,
     tradeoff_png: Path | None = None,
+    openworld_files: Sequence[Path] = (),
 ) -> pd.DataFrame:
     """Write the Markdown table, the CSV, the PQ bar chart and (if a path is given)
-    the In/Out trade-off plot; return the frame."""
+    the In/Out trade-off plot; return the frame. ``openworld_files`` (ContMAV metrics)
+    add the open-world table to the Markdown and ``<table_csv stem>_openworld.csv``."""
     frame = results_frame(metrics_files)
     main = ["approach", "seed row", "PQ", "PQ In", "PQ Out", "SQ", "RQ", "mIoU", *_FACTS, "eval vocab"]
     per_class = ["approach", *[f"pq/{lb.name}" for lb in EVAL_LABELS]]
     eval_vocab = frame["eval vocab"].iloc[0] if len(frame) else ""
     text = "\n\n".join(
-        [
+        [f"# {title}", "No panoptic approach in this study."]
+        if frame.empty
+        else [
             f"# {title}",
             "PQ, SQ, RQ and mIoU x100 on the validation set (all 19 classes). "
             f"In / Out: the in- and out-of-vocabulary classes of configuration {eval_vocab}. "
@@ -106,6 +134,19 @@ def write_report(
             _markdown(frame.rename(columns=lambda c: c.removeprefix("pq/")), [c.removeprefix("pq/") for c in per_class]),
         ]
     )
+    if openworld_files:
+        ow = openworld_frame(openworld_files)
+        text += "\n\n" + "\n\n".join(
+            [
+                "## Open-world segmentation (ContMAV)",
+                "Known: mIoU x100 over the known classes. AUPR, FPR95 (at 95 % TPR) and AUROC x100 of the "
+                "unknown score, positives = pixels of the unknown classes, void ignored. OW mIoU: the "
+                "discovered classes against their best-matching ground-truth class.",
+                _markdown(ow, list(ow.columns)),
+            ]
+        )
+        ow_csv = Path(table_csv).with_name(Path(table_csv).stem + "_openworld.csv")
+        write_text_atomic(ow.to_csv(index=False, float_format="%.3f"), ow_csv)
     write_text_atomic(text + "\n", table_md)
     write_text_atomic(frame.to_csv(index=False, float_format="%.3f"), table_csv)
     plot_pq_bars(
