@@ -25,6 +25,7 @@ __all__ = [
     "write_json_atomic",
     "write_text_atomic",
     "torch_save_atomic",
+    "replace_dir",
 ]
 
 
@@ -107,3 +108,17 @@ def link_or_copy(src: Path | str, dst: Path | str) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copyfile(src, dst)
+
+
+def replace_dir(new: Path | str, target: Path | str) -> None:
+    """Rename the finished folder ``new`` to ``target``; an existing ``target`` is moved
+    aside first and deleted after, so ``target`` is at every moment either the old or
+    the new folder (debris of a run killed between the renames is removed next time)."""
+    new, target = Path(new), Path(target)
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)

@@ -84,6 +84,11 @@ def run_facts(approach):
         "iterations": spec.get("iters", 0),
         "eval_vocab": EVAL_VOCAB,
     }
+    return fact_args(facts)
+
+
+def fact_args(facts):
+    """`--fact KEY=VALUE` command-line arguments of a dict of run facts."""
     return " ".join(f"--fact {shlex.quote(f'{key}={value}')}" for key, value in facts.items())
 
 
@@ -279,7 +284,7 @@ def ow_facts(variant):
         "unknown": OW_UNKNOWN or "-",
         "epochs": OW_RECIPE.get("epochs", ""),
     }
-    return " ".join(f"--fact {shlex.quote(f'{k}={v}')}" for k, v in facts.items())
+    return fact_args(facts)
 
 
 def openworld_metrics():

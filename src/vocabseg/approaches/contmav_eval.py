@@ -43,17 +43,16 @@ from vocabseg.approaches.contmav_inference import (
     open_world_labels,
 )
 from vocabseg.approaches.contmav_train import load_contmav_export
-from vocabseg.data.labels import EVAL_LABELS
-from vocabseg.data.semantic_dataset import NUM_TRAIN_IDS, VOID, SemanticDataset
+from vocabseg.data.labels import TRAIN_ID_TO_NAME
+from vocabseg.data.semantic_dataset import NUM_TRAIN_IDS, LabelSpace, SemanticDataset
 from vocabseg.errors import InputError
 from vocabseg.evaluation.openworld import OpenWorldAccumulator, write_openworld_metrics
 from vocabseg.models.contmav import normalize_image
 
-__all__ = ["PAPER_SIMILAR_TARGETS", "TRAIN_ID_NAMES", "discover_classes_strided", "evaluate_contmav"]
+__all__ = ["PAPER_SIMILAR_TARGETS", "discover_classes_strided", "evaluate_contmav"]
 
 #: [P] §4.4 lookup table, train ids: train -> truck, motorcycle -> car.
 PAPER_SIMILAR_TARGETS: dict[int, int] = {16: 14, 17: 13}
-TRAIN_ID_NAMES: dict[int, str] = {lb.train_id: lb.name for lb in EVAL_LABELS}
 
 
 def _resize(image: torch.Tensor, ids: torch.Tensor, size: Sequence[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,7 +166,7 @@ def evaluate_contmav(
     export = load_contmav_export(model_path)
     model = export.model.to(device)
     known = list(export.known_train_ids)
-    unknown = [t for t in range(NUM_TRAIN_IDS) if t not in known] if unknown_train_ids is None else [
+    unknown = list(LabelSpace(tuple(known)).unknown) if unknown_train_ids is None else [
         int(t) for t in unknown_train_ids
     ]
     overlap = sorted(set(unknown) & set(known))
@@ -178,11 +177,8 @@ def evaluate_contmav(
     if any(not 0 <= t < NUM_TRAIN_IDS for t in unknown):
         raise InputError(f"unknown train ids: {unknown} must lie in 0..{NUM_TRAIN_IDS - 1}")
     dataset = SemanticDataset(image_root, label_root, known)
+    space = LabelSpace(tuple(known), tuple(unknown))
     k, u = len(known), len(unknown)
-    table = torch.full((256,), VOID, dtype=torch.int64)
-    table[torch.tensor(known)] = torch.arange(k)
-    if u:
-        table[torch.tensor(unknown)] = torch.arange(k, k + u)
     targets_by_id = PAPER_SIMILAR_TARGETS if similar_targets is None else dict(similar_targets)
     targets = {k + unknown.index(a): known.index(b) for a, b in targets_by_id.items() if a in unknown and b in known}
     acc = OpenWorldAccumulator(
@@ -190,7 +186,7 @@ def evaluate_contmav(
         u,
         score_bins=score_bins,
         similar_targets=targets,
-        class_names=[TRAIN_ID_NAMES[t] for t in known + unknown],
+        class_names=[TRAIN_ID_TO_NAME[t] for t in known + unknown],
     )
     state = None
     for index in range(len(dataset)):
@@ -205,7 +201,7 @@ def evaluate_contmav(
             )
             openworld = openworld[0]
         acc.update(
-            table[ids],
+            space.eval_labels(ids),
             semantic_pred=scores.semantic_pred[0],
             unknown_score=scores.s_unk[0],
             openworld_pred=openworld,

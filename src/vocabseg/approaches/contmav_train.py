@@ -59,7 +59,6 @@ Files:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -72,7 +71,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vocabseg.approaches.contmav_inference import MavStats
-from vocabseg.data.semantic_dataset import VOID, LabelSpace, SemanticDataset, contmav_augment
+from vocabseg.data.semantic_dataset import NUM_TRAIN_IDS, VOID, SemanticDataset, contmav_augment
+from vocabseg.engine.trainer import TrainConfig, stable_int, train
 from vocabseg.errors import InputError
 from vocabseg.fileio import read_json, torch_load_checked, torch_save_atomic, write_json_atomic
 from vocabseg.losses.contmav import (
@@ -101,7 +101,6 @@ __all__ = [
     "load_contmav_export",
     "ContMAVExport",
     "train_contmav",
-    "parse_train_ids",
     "known_from_unknown",
 ]
 
@@ -363,7 +362,7 @@ def _fingerprint(cfg: ContMAVConfig, variant: ContMAVVariant, known: Sequence[in
         [dataclasses.replace(cfg, pretrained=None).to_dict(), variant.to_dict(), list(known), weights.tolist()],
         sort_keys=True,
     )
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") & (2**63 - 1)
+    return stable_int(text)
 
 
 # ---------------------------------------------------------------------- class weights
@@ -547,8 +546,6 @@ def train_contmav(
     The network is initialised from ``torch.manual_seed(seed)`` (the recipe's ``seed``,
     default 0), so a run depends on its arguments only.
     """
-    from vocabseg.engine import TrainConfig, train
-
     settings, augment, unknown_as = _recipe(recipe)
     dataset = SemanticDataset(
         image_root,
@@ -558,7 +555,7 @@ def train_contmav(
         hsv_jitter=bool(augment["hsv_jitter"]),
         unknown_as=unknown_as,
     )
-    space = LabelSpace(tuple(known_train_ids))
+    space = dataset.space
     if "epochs" in settings:
         epochs = to_int(settings.pop("epochs"), "ContMAV recipe: epochs", 1)
         batch = to_int(settings.get("batch_size", 1), "ContMAV recipe: batch_size", 1)
@@ -572,19 +569,8 @@ def train_contmav(
     train(task, dataset, cfg, out=out, state_dir=state_dir, metrics_log=metrics_log)
 
 
-def parse_train_ids(text: str | Sequence[int], what: str = "known train ids") -> list[int]:
-    """``"0,1,2"`` / ``"0 1 2"`` / a list -> ints; :class:`InputError` naming ``what``."""
-    items = text.replace(",", " ").split() if isinstance(text, str) else list(text)
-    try:
-        return [int(t) for t in items]
-    except (TypeError, ValueError):
-        raise InputError(f"{what}: expected integers, got {text!r}") from None
-
-
 def known_from_unknown(unknown: Sequence[int]) -> list[int]:
     """The train ids 0..18 not in ``unknown`` (e.g. (16, 17, 18) -> BDD-Anomaly's 1+16)."""
-    from vocabseg.data.semantic_dataset import NUM_TRAIN_IDS
-
     bad = [t for t in unknown if not 0 <= int(t) < NUM_TRAIN_IDS]
     if bad:
         raise InputError(f"unknown train ids: {bad} outside 0..{NUM_TRAIN_IDS - 1}")

@@ -60,7 +60,7 @@ import numpy as np
 from vocabseg.data.labels import eval_categories
 from vocabseg.data.panoptic_png import read_panoptic_png, write_panoptic_png
 from vocabseg.errors import InputError
-from vocabseg.fileio import link_or_copy, read_json, write_json_atomic
+from vocabseg.fileio import link_or_copy, read_json, replace_dir, write_json_atomic
 
 __all__ = ["build_pseudo_labels", "pseudo_segments", "PSEUDO_KEY"]
 
@@ -268,7 +268,6 @@ def build_pseudo_labels(
         for key in ("dropped_score", "dropped_size", "ignored_in_class"):
             stats[key] += counts[key]
 
-    shutil.rmtree(out_folder, ignore_errors=True)
-    tmp_folder.rename(out_folder)
+    replace_dir(tmp_folder, out_folder)
     write_json_atomic({**gt, "annotations": annotations, "categories": eval_categories()}, out_json)
     return stats

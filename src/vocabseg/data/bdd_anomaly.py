@@ -36,7 +36,6 @@ the same source and variant returns that summary without reading anything else.
 
 from __future__ import annotations
 
-import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 from vocabseg.errors import InputError
-from vocabseg.fileio import link_or_copy, read_json, write_json_atomic
+from vocabseg.fileio import link_or_copy, read_json, replace_dir, write_json_atomic
 
 __all__ = [
     "VARIANTS",
@@ -181,10 +180,9 @@ def _pixel_counts(pair: tuple[str, Path, Path]) -> np.ndarray:
 
 
 def _class_names() -> list[str]:
-    from vocabseg.data.labels import EVAL_LABELS
+    from vocabseg.data.labels import TRAIN_ID_TO_NAME
 
-    names = {lb.train_id: lb.name for lb in EVAL_LABELS}
-    return [names[t] for t in range(NUM_CLASSES)]
+    return [TRAIN_ID_TO_NAME[t] for t in range(NUM_CLASSES)]
 
 
 def _complete_summary(out: Path, source_root: Path, variant: str) -> dict | None:
@@ -275,19 +273,8 @@ def build_bdd_anomaly(bdd100k: Path | str, out: Path | str, variant: str = "1+16
             },
         }
         write_json_atomic(summary, tmp / SUMMARY_NAME)  # last: marks the build complete
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Rename folder ``new`` to ``target``; an existing ``target`` is moved aside, then deleted."""
-    old = target.with_name(target.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)  # debris of a run killed between the two renames
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)

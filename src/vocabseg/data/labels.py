@@ -27,6 +27,7 @@ __all__ = [
     "EVAL_IDS",
     "THING_IDS",
     "STUFF_IDS",
+    "TRAIN_ID_TO_NAME",
     "ID_TO_LABEL",
     "ID_TO_TRAIN_ID",
     "label_by_name",
@@ -66,6 +67,9 @@ EVAL_LABELS: tuple[Label, ...] = tuple(lb for lb in ALL_LABELS if not lb.ignore_
 EVAL_IDS: tuple[int, ...] = tuple(lb.id for lb in EVAL_LABELS)
 THING_IDS: tuple[int, ...] = tuple(lb.id for lb in EVAL_LABELS if lb.has_instances)
 STUFF_IDS: tuple[int, ...] = tuple(lb.id for lb in EVAL_LABELS if not lb.has_instances)
+
+#: Train id (0..18) -> class name.
+TRAIN_ID_TO_NAME: dict[int, str] = {lb.train_id: lb.name for lb in EVAL_LABELS}
 
 ID_TO_TRAIN_ID = np.full(256, 255, dtype=np.uint8)
 for _lb in EVAL_LABELS:

@@ -33,6 +33,7 @@ from PIL import Image
 
 from vocabseg.data.panoptic_png import read_panoptic_png, write_panoptic_png
 from vocabseg.errors import InputError
+from vocabseg.fileio import replace_dir
 
 __all__ = ["prepare_dataset", "check_png", "list_split"]
 
@@ -135,5 +136,4 @@ def prepare_dataset(
         )
     panoptic_pngs = [png for split in splits for png in sorted((tmp / f"cityscapes_panoptic_{split}").glob("*.png"))]
     _run(_reencode_panoptic, panoptic_pngs, threads)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    replace_dir(tmp, out)

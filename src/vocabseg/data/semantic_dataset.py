@@ -78,10 +78,12 @@ class LabelSpace:
     """Known and unknown train ids and the lookup tables between the label spaces.
 
     ``known`` the K known train ids (their order = indices 0..K-1); ``unknown`` the
-    other train ids among ``0 .. NUM_TRAIN_IDS-1``, ascending.
+    unknown classes (their order = ``K + j``): by default every other train id among
+    ``0 .. NUM_TRAIN_IDS-1``, ascending; a train id in neither counts as void.
     """
 
     known: tuple[int, ...]
+    only_unknown: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         known = tuple(int(t) for t in self.known)
@@ -96,6 +98,8 @@ class LabelSpace:
 
     @property
     def unknown(self) -> tuple[int, ...]:
+        if self.only_unknown is not None:
+            return tuple(int(t) for t in self.only_unknown)
         return tuple(t for t in range(NUM_TRAIN_IDS) if t not in self.known)
 
     @property

@@ -144,6 +144,7 @@ __all__ = [
     "onecycle_factor",
     "epoch_length",
     "sample_seed",
+    "stable_int",
     "batch_plan",
     "list_checkpoints",
     "find_checkpoint",
@@ -394,7 +395,7 @@ def epoch_length(task: Any, num_samples: int, cfg: TrainConfig) -> int:
     return length
 
 
-def _stable_int(*parts: object) -> int:
+def stable_int(*parts: object) -> int:
     """A 63-bit integer hash of ``parts`` that is the same in every process and run."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
@@ -402,12 +403,12 @@ def _stable_int(*parts: object) -> int:
 
 def sample_seed(seed: int, iteration: int, position: int) -> int:
     """Seed of the sample at ``position`` of the global batch of ``iteration``."""
-    return _stable_int("sample", int(seed), int(iteration), int(position))
+    return stable_int("sample", int(seed), int(iteration), int(position))
 
 
 @lru_cache(maxsize=4)
 def _epoch_order(num_samples: int, seed: int, epoch: int) -> tuple[int, ...]:
-    generator = torch.Generator().manual_seed(_stable_int("epoch", seed, epoch))
+    generator = torch.Generator().manual_seed(stable_int("epoch", seed, epoch))
     return tuple(torch.randperm(num_samples, generator=generator).tolist())
 
 
@@ -523,18 +524,14 @@ def find_checkpoint(state_dir: Path) -> tuple[int, Path, dict] | None:
 
 # Fields added after checkpoints were first written: left out of the fingerprint at
 # their default value, so those checkpoints still resume.
-_LATER_FIELDS = {
-    "optimizer": "adamw",
-    "onecycle_pct_start": 0.1,
-    "onecycle_div_factor": 25.0,
-    "onecycle_final_div_factor": 1e4,
-}
+_LATER_FIELDS = ("optimizer", "onecycle_pct_start", "onecycle_div_factor", "onecycle_final_div_factor")
 
 
 def _fingerprint(cfg: TrainConfig, use_amp: bool) -> str:
     values = {k: v for k, v in asdict(cfg).items() if k not in _RUNTIME_FIELDS}
-    for key, default in _LATER_FIELDS.items():
-        if values[key] == default:
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    for key in _LATER_FIELDS:
+        if values[key] == defaults[key]:
             del values[key]
     values["amp"] = use_amp
     return json.dumps(values, sort_keys=True)
@@ -737,7 +734,7 @@ class _Trainer:
             for iteration, (images, targets) in zip(range(start, cfg.iters), loader):
                 images = images.to(dev, non_blocking=True)
                 targets = [_to_device(t, dev) for t in targets]
-                torch.manual_seed(_stable_int("rng", cfg.seed, iteration, self.rank))
+                torch.manual_seed(stable_int("rng", cfg.seed, iteration, self.rank))
                 with torch.autocast(dev.type, dtype=torch.float16, enabled=self.use_amp):
                     terms = self.task.losses(net, images, targets)
                 if names is None:
