@@ -41,6 +41,8 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    for name in clip_weights._PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     return attempts
 
 
@@ -111,6 +113,13 @@ def test_offline_node_without_clip_pretrained_fails_fast(monkeypatch, offline, h
         assert "huggingface.co cannot be reached" in message and len(offline) == 1
 
 
+def test_behind_a_proxy_the_download_is_left_to_open_clip(monkeypatch, offline):
+    """A direct connection proves nothing when traffic goes through a proxy: no probe."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert clip_weights.resolve_clip_pretrained("RN50", "openai") == "openai"
+    assert offline == []
+
+
 def test_convnext_large_offline_names_its_hub_repo(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "true")
     with pytest.raises(InputError) as info:
@@ -120,7 +129,7 @@ def test_convnext_large_offline_names_its_hub_repo(monkeypatch):
 
 def test_cached_tag_is_used_without_network(tmp_path, offline):
     """Weights already in the Hugging Face cache are loaded from there, offline or not."""
-    repo = Path(clip_weights.__dict__["open_clip"].get_pretrained_cfg("RN50", "openai")["hf_hub"].rstrip("/"))
+    repo = Path(open_clip.get_pretrained_cfg("RN50", "openai")["hf_hub"].rstrip("/"))
     folder = tmp_path / "hf-cache" / f"models--{repo.parent}--{repo.name}"
     snapshot = folder / "snapshots" / "0123abcd"
     snapshot.mkdir(parents=True)

@@ -12,8 +12,8 @@ turns both into one :class:`~vocabseg.errors.InputError` naming
 * a tag is looked up in the local caches open_clip downloads into (Hugging Face hub,
   ``~/.cache/clip``); a cached file is used directly (no network at all), and when
   nothing is cached and the hub is offline (``HF_HUB_OFFLINE``) or its host cannot
-  be reached within :data:`PROBE_TIMEOUT` seconds, the error says to put a local
-  checkpoint file there.
+  be reached within :data:`PROBE_TIMEOUT` seconds (not probed behind an HTTPS
+  proxy), the error says to put a local checkpoint file there.
 
 Architectures are compared through :func:`open_clip_signature`, an open_clip model
 built on the ``meta`` device (no memory, no random numbers drawn).
@@ -44,6 +44,7 @@ PROBE_TIMEOUT = 5.0
 
 Signature = dict[str, tuple[int, ...]]
 _TRUE = {"1", "on", "true", "yes"}
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
 def state_signature(state: Mapping[str, torch.Tensor]) -> Signature:
@@ -156,6 +157,8 @@ def _unreachable(cfg: Mapping) -> str | None:
         url = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     else:
         url = cfg.get("url", "")
+    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return None  # a direct connection says nothing about the way through the proxy
     host = urlparse(url).hostname or url
     try:
         socket.create_connection((host, 443), timeout=PROBE_TIMEOUT).close()
