@@ -14,6 +14,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import yaml
+from test_workflow import REPO, snakemake, write_config
 
 from vocabseg.data import download
 from vocabseg.data.download import PACKAGES, DownloadError, download_cityscapes
@@ -197,6 +199,7 @@ def isolated(monkeypatch, tmp_path, capfd):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     monkeypatch.setattr(download, "CHUNK_SIZE", 16 * 1024)
     monkeypatch.setattr(download, "TIMEOUT", (5.0, 10.0))
+    monkeypatch.setattr(download, "RETRY_DELAY", 0.0)
     yield
     out, err = capfd.readouterr()
     assert_clean(out + err)
@@ -568,3 +571,93 @@ def test_complete_part_file_is_accepted(site, tmp_path, creds_file, logs, zips):
 
     assert (dest / "zips" / GT).read_bytes() == zips[GT]
     assert_extracted(dest, [GT])
+
+
+# --------------------------------------------------------------------------- failures: cause and data kept
+
+
+def corrupt(data: bytes) -> bytes:
+    """``data`` with one byte of an image flipped: the zip opens, a member fails its CRC."""
+    payload = fake_tree()[IMG]["leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png"]
+    damaged = bytearray(data)
+    damaged[bytes(data).index(payload) + 1000] ^= 0xFF
+    return bytes(damaged)
+
+
+def test_network_failure_is_retried_in_place(site, tmp_path, creds_file, logs, zips):
+    """A dropped connection is tried again within the call, resuming the .part file."""
+    base_url, state = site
+    state.drop_at = len(zips[IMG]) // 3
+    dest = tmp_path / "cs"
+    download_cityscapes(
+        dest, [IMG], credentials_file=creds_file, base_url=base_url, log=logs.append, network_attempts=2
+    )
+    assert_extracted(dest, [IMG])
+    assert any("network attempt 1 of 2" in line for line in logs)
+    assert state.paths("/file-handling/")[-1][2].get("Range", "").startswith("bytes=")
+
+
+def test_user_errors_are_not_retried(site, tmp_path, creds_file, logs):
+    """An md5 mismatch is the user's to fix: raised at once, one download only."""
+    base_url, state = site
+    state.md5_override[PACKAGES[IMG]] = "0" * 32
+    message = expect_error(
+        tmp_path / "cs", [IMG], credentials_file=creds_file, base_url=base_url, log=logs.append, network_attempts=3
+    )
+    assert "md5" in message and len(state.paths("/file-handling/")) == 1
+    assert not any("network attempt" in line for line in logs)
+
+
+def test_staging_keeps_verified_packages_and_moves_when_complete(site, tmp_path, logs, zips):
+    """A corrupt second zip leaves the first one extracted in staging, dest absent; the
+    next call after the fix extracts only the second one and renames staging to dest."""
+    base_url, _ = site
+    dest, staging, zips_dir = tmp_path / "raw", tmp_path / "raw.staging", tmp_path / "zips"
+    zips_dir.mkdir()
+    (zips_dir / GT).write_bytes(zips[GT])
+    (zips_dir / IMG).write_bytes(corrupt(zips[IMG]))
+
+    message = expect_error(dest, zips_dir=zips_dir, staging=staging, base_url=base_url, log=logs.append)
+    assert IMG in message and "corrupt" in message
+    assert not dest.exists()
+    assert_extracted(staging, [GT])
+
+    (zips_dir / f"{IMG}.corrupt").unlink()
+    (zips_dir / IMG).write_bytes(zips[IMG])
+    logs.clear()
+    download_cityscapes(dest, zips_dir=zips_dir, staging=staging, base_url=base_url, log=logs.append)
+    assert_extracted(dest)
+    assert not staging.exists()
+    assert f"{GT}: already extracted in {staging}" in logs
+
+
+def test_workflow_download_ends_with_the_cause_and_keeps_gtfine(tmp_path, zips):
+    """As a user runs it: a Cityscapes study with a corrupt leftImg8bit zip, no credentials
+    and the cluster profiles' `--retries 2`. One attempt; its log ends with the corrupt
+    zip, not with "credentials needed"; the extracted gtFine survives the failed job."""
+    zips_dir = tmp_path / "my-zips"
+    zips_dir.mkdir()
+    (zips_dir / GT).write_bytes(zips[GT])
+    (zips_dir / IMG).write_bytes(corrupt(zips[IMG]))
+    config = yaml.safe_load((REPO / "config/cityscapes-r50.yaml").read_text())
+    config["dataset"]["cityscapes"]["zips"] = str(zips_dir)
+    path = write_config(tmp_path / "study.yaml", config)
+    work = tmp_path / "work"
+    target = "resources/cityscapes/raw"
+
+    res = snakemake(work, "--configfile", str(path), "--cores", "1", "--retries", "2", target)
+    assert res.returncode != 0
+    log = (work / "logs/cityscapes/download_cityscapes.log").read_text().strip().splitlines()
+    assert log[-1].startswith(f"error: {zips_dir / IMG} is corrupt"), log[-1]
+    assert not any("credentials are needed" in line for line in log)
+    assert "Trying to restart job" not in res.stdout + res.stderr
+    assert not (work / target).exists()
+    assert_extracted(work / "resources/cityscapes/raw.staging", [GT])
+
+    (zips_dir / f"{IMG}.corrupt").unlink()
+    (zips_dir / IMG).write_bytes(zips[IMG])
+    res = snakemake(work, "--configfile", str(path), "--cores", "1", target)
+    assert res.returncode == 0, res.stderr
+    assert_extracted(work / target)
+    assert not (work / "resources/cityscapes/raw.staging").exists()
+    assert f"{GT}: already extracted" in (work / "logs/cityscapes/download_cityscapes.log").read_text()

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from vocabseg.errors import InputError
+from vocabseg.models.clip_tiny import register_tiny_clip
 from vocabseg.models.fcclip import (
     CITYSCAPES_CLASS_NAMES,
     FCCLIP,
@@ -243,6 +244,21 @@ def test_checkpoint_of_another_model_is_one_input_error(tmp_path, r50_model, sha
     bad.write_bytes(b"not a torch file")
     with pytest.raises(InputError, match="garbage.pth"):
         load_fcclip_checkpoint(r50_model, bad)
+
+
+def test_checkpoint_of_another_preset_names_both_presets(tmp_path, r50_model):
+    """A real tiny-preset checkpoint into a real (random) r50 model: the presets, not keys."""
+    register_tiny_clip()
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    save_fcclip_checkpoint(FCCLIP(preset_config("tiny")), path)
+    with pytest.raises(InputError) as info:
+        load_fcclip_checkpoint(r50_model, path)
+    message = str(info.value)
+    assert message == (
+        f"{path}: this is an FC-CLIP 'tiny' checkpoint (by its keys and shapes), but model.preset is 'r50'; "
+        "use a r50 checkpoint, or set model.preset: tiny"
+    )
 
 
 def re_count(message: str, kind: str) -> bool:

@@ -16,6 +16,7 @@ import pytest
 from cityscapesscripts.evaluation.evalPanopticSemanticLabeling import evaluatePanoptic
 from PIL import Image
 
+from vocabseg import cli
 from vocabseg.data.labels import STUFF_IDS, THING_IDS
 from vocabseg.errors import InputError
 from vocabseg.evaluation import evaluate_panoptic, write_metrics
@@ -434,6 +435,50 @@ def test_missing_files_are_input_errors(small_ds, tmp_path):
     small_ds.pred_json.write_text('{"images": []}')
     with pytest.raises(InputError, match=small_ds.pred_json.name):
         ours(small_ds)
+
+
+def evaluate_cli(ds, capsys) -> tuple[int, str]:
+    """``vocabseg evaluate-panoptic`` on ``ds`` as a user runs it: (exit status, stderr)."""
+    out = ds.pred_json.parent / "metrics.json"
+    argv = ["evaluate-panoptic", "--gt-json", str(ds.gt_json), "--gt-folder", str(ds.gt_folder),
+            "--pred-json", str(ds.pred_json), "--pred-folder", str(ds.pred_folder), "--out", str(out)]
+    status = cli.main(argv)
+    assert not out.exists()
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("which", ["pred", "gt"])
+def test_duplicated_image_id_names_the_json_and_the_id(small_ds, capsys, which):
+    """Two annotations for one image (e.g. predictions of two runs concatenated): one line
+    naming the JSON and the image id, not a segment error about another image's PNG."""
+    path = small_ds.pred_json if which == "pred" else small_ds.gt_json
+    twice = small_ds.image_ids[1]
+    edit_json(path, lambda d: d["annotations"].append(dict(d["annotations"][0], image_id=twice)))
+    status, err = evaluate_cli(small_ds, capsys)
+    assert status == 1
+    assert err == f"error: {path}: image id {twice!r} is duplicated (annotations 1 and 3); each image needs exactly one annotation\n"
+
+
+@pytest.mark.parametrize("content", ["jpeg", "text", "empty"])
+def test_non_png_prediction_names_the_file(small_ds, capsys, content):
+    pred = read_json(small_ds.pred_json)["annotations"][1]
+    path = small_ds.pred_folder / pred["file_name"]
+    if content == "jpeg":  # same size and colours as the PNG it replaces
+        Image.open(path).convert("RGB").save(path, format="JPEG", quality=100)
+    else:
+        path.write_bytes(b"segment ids" if content == "text" else b"")
+    status, err = evaluate_cli(small_ds, capsys)
+    assert status == 1
+    what = {"jpeg": "it is a JPEG image", "text": "it starts with b'segment '", "empty": "the file is empty"}[content]
+    assert err == f"error: panoptic PNG {path} is not a PNG file ({what})\n"
+
+
+def test_unidentifiable_png_does_not_print_a_buffer_object(tmp_path):
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n")  # the signature and nothing else
+    with pytest.raises(InputError) as err:
+        read_panoptic_png(path, decoder="pil")
+    assert str(path) in str(err.value) and "BytesIO" not in str(err.value)
 
 
 # --------------------------------------------------------------------------- writing

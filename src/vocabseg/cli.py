@@ -43,7 +43,14 @@ def cmd_synth(a: argparse.Namespace) -> None:
 def cmd_download_cityscapes(a: argparse.Namespace) -> None:
     from vocabseg.data.download import download_cityscapes
 
-    download_cityscapes(a.dest, a.package, zips_dir=a.zips, credentials_file=a.credentials)
+    download_cityscapes(
+        a.dest,
+        a.package,
+        zips_dir=a.zips,
+        credentials_file=a.credentials,
+        staging=a.staging,
+        network_attempts=a.network_attempts,
+    )
 
 
 @_command
@@ -322,6 +329,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zips", type=P, default=None, help="folder holding (or receiving) the zip files")
     p.add_argument("--credentials", type=P, default=None, help='JSON file {"username": ..., "password": ...}')
     p.add_argument("--package", nargs="+", default=["gtFine_trainvaltest.zip", "leftImg8bit_trainvaltest.zip"])
+    p.add_argument(
+        "--staging",
+        type=P,
+        default=None,
+        help="work here and rename to --dest when every package is in; kept after a failure for the next run",
+    )
+    p.add_argument(
+        "--network-attempts", type=int, default=3, help="tries per package when the network fails (30 s, 60 s, ... apart)"
+    )
 
     p = sub.add_parser("prepare", help="trainId label images and COCO-panoptic ground truth")
     p.add_argument("--raw", type=P, required=True)

@@ -22,6 +22,11 @@ if KIND == "synthetic":
 
 else:
 
+    # Works in a staging folder renamed to raw/ at the end: Snakemake deletes the output
+    # of a failed job, the staging folder keeps every package already verified and
+    # extracted for the next run. Never retried by Snakemake (whatever the profile's
+    # `retries`): credentials and corrupt zips do not mend themselves, and the command
+    # retries network failures itself, so the log ends with the real cause.
     rule download_cityscapes:
         output:
             directory(RAW),
@@ -29,11 +34,12 @@ else:
             f"logs/{DATASET}/download_cityscapes.log",
         benchmark:
             f"benchmarks/{DATASET}/download_cityscapes.tsv"
-        retries: 3
+        retries: 0
         localrule: True
         conda:
             CONDA_ENV
         params:
+            staging=f"resources/{DATASET}/raw.staging",
             zips=config["dataset"]["cityscapes"]["zips"] or f"resources/{DATASET}/zips",
             credentials=(
                 f"--credentials {config['dataset']['cityscapes']['credentials']}"
@@ -41,7 +47,8 @@ else:
                 else ""
             ),
         shell:
-            "vocabseg download-cityscapes --dest {output} --zips {params.zips} {params.credentials}"
+            "vocabseg download-cityscapes --dest {output} --staging {params.staging} --zips {params.zips}"
+            " {params.credentials}"
             " > {log} 2>&1"
 
 

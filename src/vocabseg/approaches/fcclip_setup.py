@@ -28,7 +28,6 @@ import torch
 
 from vocabseg.data.labels import EVAL_LABELS, ID_TO_LABEL
 from vocabseg.errors import InputError
-from vocabseg.fileio import torch_load_checked
 from vocabseg.models.clip_tiny import TINY_CLIP_NAME, register_tiny_clip
 from vocabseg.models.fcclip import (
     CITYSCAPES_CLASS_NAMES,
@@ -36,6 +35,7 @@ from vocabseg.models.fcclip import (
     CLIPBackbone,
     FCCLIPConfig,
     build_text_classifier,
+    check_checkpoint_fits,
     load_fcclip_checkpoint,
     preset_config,
 )
@@ -100,19 +100,14 @@ def class_names(ids: Sequence[int]) -> list[list[str]]:
     return [list(CITYSCAPES_CLASS_NAMES[ID_TO_LABEL[i].train_id]) for i in ids]
 
 
-def _has_clip(weights: Path) -> bool:
-    """Whether a checkpoint carries the CLIP text tower (ours do, official ones do not)."""
-    data = torch_load_checked(weights, "FC-CLIP checkpoint", mmap=True)
-    state = data.get("model", data) if isinstance(data, Mapping) else {}
-    return "backbone.clip_model.token_embedding.weight" in state
-
-
 def build_model(spec: ModelSpec, weights: Path | None) -> FCCLIP:
     """An FC-CLIP model of the study with ``weights`` loaded (strictly, as upstream).
 
     A file that carries the whole CLIP (every model this project trains) is loaded
     into a randomly initialised model; an official file without the text tower gets
-    it from ``clip_pretrained`` first, as upstream does.
+    it from ``clip_pretrained`` first, as upstream does. A file of another
+    architecture (e.g. an R50 checkpoint for a ConvNeXt-L study) is reported, naming
+    both presets, before any model is built or CLIP weights are fetched.
     """
     cfg = spec.config()
     if weights is not None:
@@ -123,7 +118,8 @@ def build_model(spec: ModelSpec, weights: Path | None) -> FCCLIP:
                 "are linked from the FC-CLIP model zoo (github.com/bytedance/fc-clip); put the file there "
                 "or set model.weights in the study config"
             )
-        if _has_clip(weights):
+        state = check_checkpoint_fits(weights, cfg)
+        if "backbone.clip_model.token_embedding.weight" in state:  # ours carry the whole CLIP
             cfg.clip_pretrained = None
     model = FCCLIP(cfg)
     if weights is not None:

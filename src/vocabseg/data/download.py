@@ -18,6 +18,18 @@ Layout on disk (``dest`` is the Cityscapes root)::
     dest/gtFine/..., dest/leftImg8bit/...   exactly as the zips contain them
     dest/.extracted/<package>.done     written after a complete extraction (holds the md5)
 
+With ``staging`` (the workflow's way), all of this happens in the staging folder,
+which is renamed to ``dest`` once every package is in: a failure leaves the packages
+already verified and extracted in the staging folder, where the next run finds them,
+and ``dest`` (a Snakemake output, which Snakemake deletes after a failed job) never
+holds a partial dataset.
+
+Failures are of two kinds. A network failure (:class:`TransientDownloadError`) may
+pass: with ``network_attempts`` > 1 the package is tried again after
+:data:`RETRY_DELAY` seconds (doubling), resuming its ``.part`` file. Everything else
+(missing or refused credentials, a corrupt or unsafe zip, an md5 mismatch) is the
+user's to fix and is raised at once, so the last message is always the real cause.
+
 Zips that the user already downloaded can be put into ``zips_dir``; they are used
 as they are. With credentials their md5 is compared with the site's, without
 credentials they are checked offline with the CRC of every member.
@@ -34,6 +46,7 @@ import hashlib
 import json
 import os
 import re
+import time
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -45,7 +58,7 @@ import requests
 
 from vocabseg.errors import InputError
 
-__all__ = ["PACKAGES", "DEFAULT_PACKAGES", "DownloadError", "download_cityscapes"]
+__all__ = ["PACKAGES", "DEFAULT_PACKAGES", "DownloadError", "TransientDownloadError", "download_cityscapes"]
 
 #: Package name -> packageID on the Cityscapes site.
 PACKAGES: dict[str, int] = {
@@ -74,6 +87,9 @@ CHUNK_SIZE = 1024 * 1024
 #: Without a known size, report progress after this many bytes.
 PROGRESS_FALLBACK_BYTES = 512 * 1024 * 1024
 
+#: Seconds before the second try of a package after a network failure (doubling after).
+RETRY_DELAY = 30.0
+
 MARKER_DIR = ".extracted"
 PART_SUFFIX = ".part"
 CORRUPT_SUFFIX = ".corrupt"
@@ -83,6 +99,10 @@ _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 
 class DownloadError(InputError):
     """A failure the user has to act on; the message says what to do."""
+
+
+class TransientDownloadError(DownloadError):
+    """A network failure that may pass by itself (connection lost, timeout, refused)."""
 
 
 # --------------------------------------------------------------------------- credentials
@@ -254,10 +274,10 @@ class _Site:
             self._session.close()
             self._session = None
 
-    def _fail(self, what: str, err: BaseException, hint: str = "") -> DownloadError:
-        """A DownloadError for a network problem, scrubbed of any credential."""
+    def _fail(self, what: str, err: BaseException, hint: str = "") -> TransientDownloadError:
+        """The error for a network problem, scrubbed of any credential."""
         detail = self._credentials.redact(f"{type(err).__name__}: {err}")
-        return DownloadError(f"{what} failed ({detail}){hint}")
+        return TransientDownloadError(f"{what} failed ({detail}){hint}")
 
     def session(self) -> requests.Session:
         """The logged-in session (logging in at the first call)."""
@@ -371,7 +391,7 @@ class _Site:
         except OSError as err:
             raise DownloadError(f"writing {part} failed: {err}") from None
         if total is not None and done != total:
-            raise DownloadError(
+            raise TransientDownloadError(
                 f"{what} stopped after {done} of {total} bytes; "
                 f"the partial file {part} is kept and the next run resumes it"
             )
@@ -517,22 +537,45 @@ def download_cityscapes(
     credentials_file: Path | None = None,
     base_url: str = "https://www.cityscapes-dataset.com",
     log: Callable[[str], None] = print,
+    staging: Path | None = None,
+    network_attempts: int = 1,
 ) -> None:
     """Make ``dest`` hold the extracted Cityscapes ``packages``.
 
-    Packages whose marker ``dest/.extracted/<name>.done`` exists are skipped without
-    any network access. For the others, a zip in ``zips_dir`` (default ``dest/zips``)
+    Packages whose marker ``<root>/.extracted/<name>.done`` exists are skipped without
+    any network access. For the others, a zip in ``zips_dir`` (default ``<root>/zips``)
     is used if present, otherwise it is downloaded (resuming a ``.part`` file).
     Every zip is verified (md5 from the site, or CRC offline without credentials),
-    then extracted safely, then marked as done.
+    then extracted safely, then marked as done. ``<root>`` is ``dest``, or
+    ``staging`` when given and ``dest`` does not exist yet: it is renamed to ``dest``
+    when every package is in, and keeps what was done after a failure.
+    ``network_attempts`` tries per package when the network fails.
 
     Raises:
         DownloadError: for anything the user has to fix; the message says what.
+        TransientDownloadError: the network failed ``network_attempts`` times.
     """
     if isinstance(packages, str):
         packages = [packages]
     names = _check_package_names(packages)
     dest = Path(dest)
+    root = Path(staging) if staging is not None and not dest.exists() else dest
+    _fill(root, names, zips_dir, credentials_file, base_url, log, network_attempts)
+    if root != dest:
+        os.replace(root, dest)
+        log(f"all packages in place: moved {root} to {dest}")
+
+
+def _fill(
+    dest: Path,
+    names: list[str],
+    zips_dir: Path | None,
+    credentials_file: Path | None,
+    base_url: str,
+    log: Callable[[str], None],
+    network_attempts: int,
+) -> None:
+    """Make ``dest`` hold the extracted packages ``names`` (see :func:`download_cityscapes`)."""
     zips_dir = Path(zips_dir) if zips_dir is not None else dest / "zips"
 
     pending = [name for name in names if not _marker_path(dest, name).is_file()]
@@ -552,7 +595,16 @@ def download_cityscapes(
     site = _Site(base_url, credentials, log) if credentials is not None else None
     try:
         for name in pending:
-            _install_package(name, dest, zips_dir, site, log)
+            for attempt in range(1, network_attempts + 1):
+                try:
+                    _install_package(name, dest, zips_dir, site, log)
+                    break
+                except TransientDownloadError as err:
+                    if attempt == network_attempts:
+                        raise
+                    delay = RETRY_DELAY * 2 ** (attempt - 1)
+                    log(f"{err}; network attempt {attempt} of {network_attempts}, next in {delay:g} s")
+                    time.sleep(delay)
     finally:
         if site is not None:
             site.close()

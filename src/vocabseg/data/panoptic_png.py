@@ -18,11 +18,13 @@ without Pillow: it walks the chunks itself, inflates the IDAT stream with zlib-n
 checks that every row's filter byte is 0 and reads each pixel's three bytes as one
 id. With no rows to unfilter and zlib-ng inflating the long runs at memory speed,
 that takes about 1.5 ms for a 1024x2048 map, over 10x less than Pillow. Any other
-file (other chunks, filtered rows, palette, 16-bit, interlaced, RGBA, ...) is
+PNG (other chunks, filtered rows, palette, 16-bit, interlaced, RGBA, ...) is
 decoded by Pillow and judged as by ``cityscapesscripts``: it must decode to mode
 RGB or RGBA (alpha ignored). Both paths give identical ids.
 
-Damage is an :class:`~vocabseg.errors.InputError` naming the file on both paths.
+Damage is an :class:`~vocabseg.errors.InputError` naming the file on both paths;
+so is a file that is no PNG at all (a JPEG's lossy colours are no segment ids,
+although cityscapesscripts would read one).
 The default decoder checks more than Pillow does: the length and CRC of every chunk
 of any PNG (Pillow skips the IDAT CRCs) and that the file reaches its IEND chunk;
 for plain files also the zlib stream's Adler-32 and the exact amount of image data.
@@ -39,7 +41,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, UnidentifiedImageError
 from zlib_ng import zlib_ng
 
 from vocabseg.errors import InputError
@@ -224,11 +226,24 @@ def _decode_with_pil(data: bytes, path: Path) -> np.ndarray:
             pixels = image.tobytes()  # R, G, B (, A) per pixel, row after row
     except InputError:
         raise
+    except UnidentifiedImageError:  # its message names the BytesIO object, not the file
+        raise _decode_error(path, "not an image Pillow can identify") from None
     except Exception as exc:  # Pillow raises OSError, SyntaxError, struct.error, ...
         raise _decode_error(path, str(exc)) from exc
     if mode == "RGBA":  # little-endian uint32 (R, G, B, A): the id is in the low 24 bits
         return (np.frombuffer(pixels, dtype="<u4") & _ID_MASK).reshape(height, width)
     return _ids_of_rows(b"\0" + pixels, height, width, _BYTES_PER_PIXEL * width)
+
+
+def _what_it_is(data: bytes) -> str:
+    """A short description of a file that lacks the PNG signature."""
+    if not data:
+        return "the file is empty"
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return f"it is a {image.format} image"
+    except Exception:  # noqa: BLE001 - anything Pillow cannot open is described by its bytes
+        return f"it starts with {data[:8]!r}"
 
 
 def read_panoptic_png(path: Path | str, decoder: str = "auto") -> np.ndarray:
@@ -240,7 +255,8 @@ def read_panoptic_png(path: Path | str, decoder: str = "auto") -> np.ndarray:
     module docstring).
 
     Raises :class:`~vocabseg.errors.InputError` (a ValueError) naming ``path`` if
-    the file is missing, damaged or not an RGB(A) image.
+    the file is missing, not a PNG (a JPEG's lossy colours are no segment ids),
+    damaged or not an RGB(A) image.
     """
     if decoder not in DECODERS:
         raise ValueError(f"unknown PNG decoder {decoder!r}; choose one of {DECODERS}")
@@ -249,5 +265,7 @@ def read_panoptic_png(path: Path | str, decoder: str = "auto") -> np.ndarray:
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read panoptic PNG {path}: {exc.strerror or exc}") from None
+    if not data.startswith(_SIGNATURE):
+        raise InputError(f"panoptic PNG {path} is not a PNG file ({_what_it_is(data)})")
     ids = _decode_plain(data, path) if decoder == "auto" else None
     return ids if ids is not None else _decode_with_pil(data, path)

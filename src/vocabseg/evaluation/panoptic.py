@@ -397,10 +397,9 @@ def build_tasks(
 ) -> list[ImageTask]:
     """One task per GT annotation, paired with its prediction by ``image_id``."""
     index = Categories.from_gt_json(gt).index()
-    predictions = {_field(ann, "image_id", pred_json): ann for ann in pred["annotations"]}
+    predictions = _by_image_id(pred["annotations"], pred_json)
     tasks = []
-    for gt_ann in gt["annotations"]:
-        image_id = _field(gt_ann, "image_id", gt_json)
+    for image_id, gt_ann in _by_image_id(gt["annotations"], gt_json).items():
         pred_ann = predictions.get(image_id)
         if pred_ann is None:
             raise InputError(
@@ -417,6 +416,22 @@ def build_tasks(
             )
         )
     return tasks
+
+
+def _by_image_id(annotations: Sequence[Mapping], source: Path) -> dict:
+    """``{image_id: annotation}``; an image id given twice is an InputError naming
+    ``source`` and the id (the reference silently keeps one of them)."""
+    out: dict = {}
+    for position, annotation in enumerate(annotations):
+        image_id = _field(annotation, "image_id", source)
+        if image_id in out:
+            first = list(out).index(image_id)
+            raise InputError(
+                f"{source}: image id {image_id!r} is duplicated (annotations {first} and {position}); "
+                "each image needs exactly one annotation"
+            )
+        out[image_id] = annotation
+    return out
 
 
 def _field(annotation: Mapping, key: str, source: Path):

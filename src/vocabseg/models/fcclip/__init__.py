@@ -13,7 +13,14 @@ Typical use::
 """
 
 from .backbone import CLIPBackbone
-from .checkpoint import LoadReport, load_fcclip_checkpoint, model_fingerprint, save_fcclip_checkpoint
+from .checkpoint import (
+    LoadReport,
+    check_checkpoint_fits,
+    load_fcclip_checkpoint,
+    model_fingerprint,
+    preset_of,
+    save_fcclip_checkpoint,
+)
 from .config import PRESETS, FCCLIPConfig, preset_config
 from .fcclip import FCCLIP, FCCLIPHead, geometric_ensemble, panoptic_inference, semantic_inference
 from .text import (
@@ -53,6 +60,8 @@ __all__ = [
     "load_text_classifier",
     "LoadReport",
     "load_fcclip_checkpoint",
+    "check_checkpoint_fits",
+    "preset_of",
     "save_fcclip_checkpoint",
     "model_fingerprint",
 ]

@@ -28,6 +28,8 @@ from torch import Tensor, nn
 
 from vocabseg.errors import InputError
 
+from .clip_weights import resolve_clip_pretrained
+
 __all__ = ["CLIPBackbone", "FEATURE_NAMES"]
 
 FEATURE_NAMES = ("res2", "res3", "res4", "res5")
@@ -40,7 +42,8 @@ class CLIPBackbone(nn.Module):
     Args:
         model_name: open_clip model name (ConvNeXt via timm, or ``RN*``).
         pretrained: open_clip pretrained tag, local checkpoint path, or None
-            (random initialisation).
+            (random initialisation); checked first by
+            :func:`~vocabseg.models.fcclip.clip_weights.resolve_clip_pretrained`.
         quick_gelu: force QuickGELU in the text tower (OpenAI weights). Also switched
             on automatically when ``pretrained`` is a tag open_clip marks QuickGELU.
 
@@ -56,9 +59,13 @@ class CLIPBackbone(nn.Module):
         super().__init__()
         if pretrained and not quick_gelu:
             quick_gelu = bool(open_clip.get_pretrained_cfg(model_name, pretrained).get("quick_gelu", False))
+        weights = resolve_clip_pretrained(model_name, pretrained)
         try:
             self.clip_model = open_clip.create_model(
-                model_name, pretrained=pretrained or None, force_quick_gelu=quick_gelu
+                model_name,
+                pretrained=weights,
+                force_quick_gelu=quick_gelu,
+                device=torch.get_default_device(),
             )
         except RuntimeError as err:
             raise InputError(f"open_clip model {model_name!r} (pretrained={pretrained!r}): {err}") from err

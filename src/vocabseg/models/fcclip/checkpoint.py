@@ -4,12 +4,16 @@ Official FC-CLIP files hold ``{"model": state_dict, ...}`` with upstream's keys.
 They lack the CLIP text tower and CLIP's ``logit_scale`` (open_clip's pretrained
 weights provide those, as upstream), and carry the criterion's ``empty_weight``
 buffer, which this implementation has no place for. Everything else must match
-exactly: a checkpoint that does not fit is reported in one :class:`InputError`.
+exactly: a checkpoint that does not fit is reported in one :class:`InputError`;
+when its keys and shapes are those of another preset (an R50 file for a ConvNeXt-L
+study, say) the message names both presets instead of listing keys.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -20,12 +24,23 @@ from torch import Tensor, nn
 from vocabseg.errors import InputError
 from vocabseg.fileio import torch_load_checked, torch_save_atomic
 
-__all__ = ["load_fcclip_checkpoint", "save_fcclip_checkpoint", "read_state_dict", "model_fingerprint", "LoadReport"]
+from .config import PRESETS, FCCLIPConfig, preset_config
+
+__all__ = [
+    "load_fcclip_checkpoint",
+    "save_fcclip_checkpoint",
+    "read_state_dict",
+    "model_fingerprint",
+    "preset_of",
+    "config_signature",
+    "check_checkpoint_fits",
+    "LoadReport",
+]
 
 _IGNORED_KEYS = frozenset({"criterion.empty_weight"})
 _CLIP_PREFIX = "backbone.clip_model."
 _VISUAL_PREFIX = "backbone.clip_model.visual."
-_SHOW = 10
+_SHOW = 3
 
 
 def _kept_from_model(key: str) -> bool:
@@ -42,14 +57,14 @@ class LoadReport:
     ignored: list[str] = field(default_factory=list)  # in the file, deliberately not loaded
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+def read_state_dict(path: str | os.PathLike, *, mmap: bool = False) -> dict[str, Tensor]:
     """The state dict of a ``{"model": state_dict}`` or bare-state-dict file (CPU).
 
     Read with :func:`~vocabseg.fileio.torch_load_checked` (``weights_only=True``);
     :class:`InputError` naming ``path`` if the file is missing, unreadable or not a
-    ``{name: tensor}`` mapping.
+    ``{name: tensor}`` mapping. ``mmap`` maps the file instead of reading it.
     """
-    data = torch_load_checked(path, "FC-CLIP checkpoint")
+    data = torch_load_checked(path, "FC-CLIP checkpoint", mmap=mmap)
     if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
         data = data["model"]
     if not isinstance(data, Mapping) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in data.items()):
@@ -63,6 +78,83 @@ def _listing(title: str, items: list[str]) -> str:
     return f"{len(items)} {title}: {shown}{more}"
 
 
+def _signature(state: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
+    """``{key: shape}`` of the keys every FC-CLIP checkpoint carries (no CLIP text tower,
+    no ignored keys): what tells the presets apart."""
+    return {
+        key: tuple(value.shape)
+        for key, value in state.items()
+        if not _kept_from_model(key) and key not in _IGNORED_KEYS
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def _config_signature(config_json: str) -> dict[str, tuple[int, ...]]:
+    from vocabseg.models.clip_tiny import TINY_CLIP_NAME, register_tiny_clip
+
+    from .fcclip import FCCLIP  # fcclip imports this module's neighbours; import when needed
+
+    cfg = FCCLIPConfig.from_dict(json.loads(config_json))
+    if cfg.clip_model == TINY_CLIP_NAME:
+        register_tiny_clip()
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = FCCLIP(cfg)
+    return _signature(model.state_dict())
+
+
+def config_signature(config: FCCLIPConfig) -> dict[str, tuple[int, ...]]:
+    """The checkpoint signature (``{key: shape}`` without the CLIP text tower) of the
+    models ``config`` builds; built once per config on the meta device (no memory, no
+    download, random number generators untouched)."""
+    values = {**config.to_dict(), "clip_pretrained": None}
+    return _config_signature(json.dumps(values, sort_keys=True))
+
+
+def preset_of(signature: Mapping[str, tuple[int, ...]]) -> str | None:
+    """The preset whose models have exactly this checkpoint signature, or None (another
+    architecture, or a preset with overrides)."""
+    return next((name for name in PRESETS if config_signature(preset_config(name)) == signature), None)
+
+
+def _mismatch_message(path: str, have: Mapping, want: Mapping, parts: list[str]) -> str:
+    """One line: both presets when the file (signature ``have``) is another preset's than
+    the model (``want``), else the key listing ``parts``."""
+    file_preset, model_preset = preset_of(have), preset_of(want)
+    if file_preset is not None:
+        head = f"{path}: this is an FC-CLIP {file_preset!r} checkpoint (by its keys and shapes), but "
+        if model_preset is not None:
+            return head + f"model.preset is {model_preset!r}; use a {model_preset} checkpoint, or set model.preset: {file_preset}"
+        return head + (
+            "model.preset with model.overrides gives another architecture; use a checkpoint of that "
+            f"architecture, or set model.preset: {file_preset} without overrides"
+        )
+    model = f"preset {model_preset!r}" if model_preset else "a preset with overrides"
+    return f"{path}: checkpoint does not fit the FC-CLIP model ({model}; the file is of no preset): " + "; ".join(parts)
+
+
+def check_checkpoint_fits(path: str | os.PathLike, config: FCCLIPConfig) -> dict[str, Tensor]:
+    """The (memory-mapped) state dict of ``path`` if it fits the models of ``config``;
+    else the :class:`InputError` of :func:`load_fcclip_checkpoint`, raised before any
+    model (or CLIP download) is made."""
+    path = os.fspath(path)
+    state = read_state_dict(path, mmap=True)
+    have, want = _signature(state), config_signature(config)
+    if have != want:
+        missing = [k for k in want if k not in have]
+        unexpected = [k for k in have if k not in want]
+        misshaped = [f"{k} (file {list(have[k])}, model {list(want[k])})" for k in want if k in have and have[k] != want[k]]
+        raise InputError(_mismatch_message(path, have, want, _parts(missing, unexpected, misshaped)))
+    return state
+
+
+def _parts(missing: list[str], unexpected: list[str], misshaped: list[str]) -> list[str]:
+    return [
+        _listing(title, items)
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+        if items
+    ]
+
+
 def load_fcclip_checkpoint(model: nn.Module, path: str | os.PathLike) -> LoadReport:
     """Load a detectron2-format FC-CLIP checkpoint into ``model`` (in place).
 
@@ -71,8 +163,8 @@ def load_fcclip_checkpoint(model: nn.Module, path: str | os.PathLike) -> LoadRep
     tower and ``backbone.clip_model.logit_scale`` may be absent: the model keeps its
     own values (open_clip's pretrained weights). ``criterion.empty_weight`` is
     ignored. Any other missing, unexpected or mis-shaped key raises one
-    :class:`InputError` that names the file, lists up to 10 keys of each kind and
-    gives the counts.
+    :class:`InputError` that names the file and either both presets (a checkpoint of
+    another preset, see :func:`preset_of`) or up to 3 keys of each kind with the counts.
     """
     path = os.fspath(path)
     state = read_state_dict(path)
@@ -91,12 +183,8 @@ def load_fcclip_checkpoint(model: nn.Module, path: str | os.PathLike) -> LoadRep
         if k in state and state[k].shape != own[k].shape
     ]
     if missing or unexpected or misshaped:
-        parts = [
-            _listing(title, items)
-            for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
-            if items
-        ]
-        raise InputError(f"{path}: checkpoint does not fit the FC-CLIP model: " + "; ".join(parts))
+        parts = _parts(missing, unexpected, misshaped)
+        raise InputError(_mismatch_message(path, _signature(state), _signature(own), parts))
 
     merged = {k: state[k] if k in state else own[k] for k in own}
     model.load_state_dict(merged, strict=True)
