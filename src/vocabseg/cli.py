@@ -173,12 +173,16 @@ def cmd_wiseft(a: argparse.Namespace) -> None:
 
 @_command
 def cmd_evaluate_panoptic(a: argparse.Namespace) -> None:
-    from vocabseg.evaluation.panoptic import evaluate_panoptic, write_metrics
+    from vocabseg.evaluation.panoptic import evaluate_panoptic_images, write_metrics
 
     split = read_json(a.split) if a.split else None
-    results = evaluate_panoptic(a.gt_json, a.gt_folder, a.pred_json, a.pred_folder, split=split, threads=a.threads)
+    results, per_image = evaluate_panoptic_images(
+        a.gt_json, a.gt_folder, a.pred_json, a.pred_folder, split=split, threads=a.threads
+    )
     if a.fact:
         results["run"] = dict(_parse_fact(f) for f in a.fact)
+    if a.images_out:
+        per_image.save(a.images_out)
     write_metrics(results, a.out)
     groups = [g for g in ("All", "Things", "Stuff", "In", "Out") if g in results]
     for g in groups:
@@ -191,8 +195,14 @@ def cmd_evaluate_panoptic(a: argparse.Namespace) -> None:
 def cmd_report(a: argparse.Namespace) -> None:
     from vocabseg.report.table import write_report
 
+    from vocabseg.evaluation.bootstrap import BootstrapSettings
+
+    if a.images and len(a.images) != len(a.metrics):
+        raise InputError(f"--images lists {len(a.images)} files for {len(a.metrics)} --metrics files")
     frame = write_report(
-        a.metrics, a.table_md, a.table_csv, a.bars, a.title, tradeoff_png=a.tradeoff, openworld_files=a.openworld
+        a.metrics, a.table_md, a.table_csv, a.bars, a.title, tradeoff_png=a.tradeoff, openworld_files=a.openworld,
+        image_stats=a.images, references=a.references,
+        bootstrap=BootstrapSettings(resamples=a.resamples, seed=a.seed, level=a.level),
     )
     print(f"{len(frame)} rows written to {a.table_md}")
 
@@ -419,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", type=P, default=None, help="split.json giving the In and Out groups")
     p.add_argument("--threads", type=int, default=1, help="worker processes (the job's threads)")
     p.add_argument("--fact", action="append", default=[], metavar="KEY=VALUE", help="run fact stored under 'run'")
+    p.add_argument("--images-out", type=P, default=None, help=".npz: per-image, per-class counts (for the bootstrap)")
 
     def known_unknown(p: argparse.ArgumentParser) -> None:
         group = p.add_mutually_exclusive_group()
@@ -479,6 +490,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tradeoff", type=P, default=None, help="PNG: PQ In vs PQ Out, one point per approach")
     p.add_argument("--title", default="vocabseg results")
     p.add_argument("--openworld", type=P, nargs="*", default=[], help="contmav-eval metrics: the open-world table")
+    p.add_argument("--images", type=P, nargs="*", default=[],
+                   help="per-image statistics (.npz of evaluate-panoptic), one per --metrics file: adds intervals")
+    p.add_argument("--references", nargs="*", default=[], help="approaches every row is compared with (paired)")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap resampling seed")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
 
     p = sub.add_parser("panels", help="qualitative panels: photo, ground truth and each approach's overlay")
     p.add_argument("--gt-json", type=P, required=True, help="prepared validation panoptic JSON")
