@@ -20,6 +20,7 @@ from vocabseg.evaluation.bootstrap import (
     BootstrapSettings,
     bootstrap_rows,
     percentile_interval,
+    percentile_intervals,
     resample_counts,
     resampled_metrics,
 )
@@ -161,9 +162,18 @@ def test_resampling_is_seeded_and_draws_n_images_each_time():
     assert (a.sum(axis=1) == 30).all()
 
 
-def test_percentile_interval_ignores_nan_and_is_nan_without_values():
+def test_percentile_intervals_are_numpys_percentiles_of_the_finite_values():
+    rng = np.random.default_rng(8)
+    samples = rng.normal(size=(30, 97))
+    samples[rng.random(samples.shape) < 0.2] = np.nan
+    samples[0] = np.nan
+    samples[1, 1:] = np.nan  # a single finite value
+    got = percentile_intervals(samples, 0.9)
+    assert np.isnan(got[0]).all()
+    for row, (lo, hi) in zip(samples[1:], got[1:]):
+        want = np.percentile(row[~np.isnan(row)], [5.0, 95.0])
+        assert abs(lo - want[0]) <= TOL and abs(hi - want[1]) <= TOL
     assert percentile_interval(np.array([np.nan, *range(101)], dtype=float)) == pytest.approx((2.5, 97.5))
-    assert all(math.isnan(v) for v in percentile_interval(np.full(4, np.nan)))
 
 
 def test_paired_interval_of_a_row_against_itself_is_exactly_zero(dataset):

@@ -45,6 +45,7 @@ __all__ = [
     "resampled_metrics",
     "metric_values",
     "percentile_interval",
+    "percentile_intervals",
     "BootstrapSettings",
     "bootstrap_rows",
 ]
@@ -115,13 +116,29 @@ def resampled_metrics(stats: PerImageStats, counts: np.ndarray) -> dict[str, np.
     return metric_values(_class_sums(stats, counts), stats.groups)
 
 
+def percentile_intervals(samples: np.ndarray, level: float = 0.95) -> np.ndarray:
+    """(M, 2) percentile intervals of the rows of (M, B) ``samples``, NaN ignored.
+
+    Linear interpolation between order statistics (``numpy.percentile``'s default
+    method) over each row's F finite values; a row without any is (NaN, NaN).
+    """
+    ordered = np.sort(samples, axis=1)  # NaN sort last
+    finite = (~np.isnan(samples)).sum(axis=1)
+    tail = 0.5 * (1.0 - level)
+    out = np.full((samples.shape[0], 2), np.nan)
+    rows = np.flatnonzero(finite > 0)
+    for j, q in enumerate((tail, 1.0 - tail)):
+        position = q * (finite[rows] - 1)
+        below = np.floor(position).astype(np.intp)
+        above = np.minimum(below + 1, finite[rows] - 1)
+        a, b = ordered[rows, below], ordered[rows, above]
+        out[rows, j] = a + (b - a) * (position - below)
+    return out
+
+
 def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """Percentile interval of (B,) ``samples`` (NaN ignored); (NaN, NaN) if all are NaN."""
-    finite = samples[~np.isnan(samples)]
-    if finite.size == 0:
-        return float("nan"), float("nan")
-    tail = 50.0 * (1.0 - level)
-    lo, hi = np.percentile(finite, [tail, 100.0 - tail])
+    lo, hi = percentile_intervals(samples[None, :], level)[0]
     return float(lo), float(hi)
 
 
@@ -169,14 +186,17 @@ def bootstrap_rows(
     everything = np.ones((1, first.image_ids.size))
     point = {name: resampled_metrics(s, everything) for name, s in stats.items()}
     samples = {name: resampled_metrics(s, counts) for name, s in stats.items()}
-    rows = []
+    keys, estimates, resampled = [], [], []
     for name in stats:
         for metric, values in samples[name].items():
-            rows.append((name, metric, "", float(point[name][metric][0]), *percentile_interval(values, settings.level)))
+            keys.append((name, metric, ""))
+            estimates.append(point[name][metric][0])
+            resampled.append(values)
             for ref in references:
-                if metric not in samples[ref]:
-                    continue
-                diff = values - samples[ref][metric]
-                estimate = float(point[name][metric][0] - point[ref][metric][0])
-                rows.append((name, metric, ref, estimate, *percentile_interval(diff, settings.level)))
-    return pd.DataFrame(rows, columns=["approach", "metric", "reference", "estimate", "lo", "hi"])
+                if metric in samples[ref]:  # the same resamples of both rows: paired
+                    keys.append((name, metric, ref))
+                    estimates.append(point[name][metric][0] - point[ref][metric][0])
+                    resampled.append(values - samples[ref][metric])
+    intervals = percentile_intervals(np.array(resampled), settings.level)
+    frame = pd.DataFrame(keys, columns=["approach", "metric", "reference"])
+    return frame.assign(estimate=np.array(estimates, dtype=np.float64), lo=intervals[:, 0], hi=intervals[:, 1])
