@@ -157,6 +157,23 @@ def check_references():
 check_references()
 
 
+UNCERTAINTY = config["uncertainty"]
+
+
+def uncertainty_args():
+    """`vocabseg report` arguments of the `uncertainty` block (resamples, seed, reference rows)."""
+    refs = UNCERTAINTY["references"]
+    if refs is None:
+        refs = [name for name in ("zeroshot", "lowerbound", "upperbound") if name in APPROACHES]
+    for ref in refs:
+        if ref not in APPROACHES:
+            raise WorkflowError(f"config key uncertainty.references: no approach named {ref!r}")
+    args = f"--resamples {UNCERTAINTY['resamples']} --seed {UNCERTAINTY['seed']} --level {UNCERTAINTY['level']}"
+    if refs:
+        args += " --references " + " ".join(shlex.quote(r) for r in refs)
+    return args
+
+
 def combined_run(approach):
     """Folder of a combined training run; approaches that differ only in
     predict_with share it (and its single training job)."""
