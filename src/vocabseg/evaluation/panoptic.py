@@ -634,25 +634,12 @@ def summarize(total: ImageStats, categories: Categories, split: Mapping | None =
     return results
 
 
-def evaluate_panoptic(
-    gt_json: Path,
-    gt_folder: Path,
-    pred_json: Path,
-    pred_folder: Path,
-    *,
-    split: Mapping | None = None,
-    threads: int = 1,
-    decoder: str = "auto",
-) -> dict:
+def evaluate_panoptic(gt_json: Path, gt_folder: Path, pred_json: Path, pred_folder: Path, **options) -> dict:
     """Evaluate COCO-panoptic predictions against GT; returns the results dict.
 
-    ``split`` is the content of a ``split.json`` (adds the ``In`` and ``Out`` groups);
-    ``threads`` is the maximum number of worker processes (1: no pool); ``decoder``
-    picks the PNG decoder (see :mod:`vocabseg.data.panoptic_png`; all give the same ids).
+    ``options`` (``split``, ``threads``, ``decoder``) as :func:`evaluate_panoptic_images`.
     """
-    return evaluate_panoptic_images(
-        gt_json, gt_folder, pred_json, pred_folder, split=split, threads=threads, decoder=decoder
-    )[0]
+    return evaluate_panoptic_images(gt_json, gt_folder, pred_json, pred_folder, **options)[0]
 
 
 def evaluate_panoptic_images(
@@ -665,7 +652,13 @@ def evaluate_panoptic_images(
     threads: int = 1,
     decoder: str = "auto",
 ) -> tuple[dict, PerImageStats]:
-    """:func:`evaluate_panoptic` and the :class:`PerImageStats` its sums come from."""
+    """Evaluate COCO-panoptic predictions against GT: the results dict and the
+    :class:`PerImageStats` its sums come from.
+
+    ``split`` is the content of a ``split.json`` (adds the ``In`` and ``Out`` groups);
+    ``threads`` is the maximum number of worker processes (1: no pool); ``decoder``
+    picks the PNG decoder (see :mod:`vocabseg.data.panoptic_png`; all give the same ids).
+    """
     if not isinstance(threads, int) or threads < 1:
         raise InputError(f"threads must be a positive integer, got {threads!r}")
     if decoder not in DECODERS:
