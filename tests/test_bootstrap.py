@@ -39,8 +39,8 @@ def json_metric(results: dict, metric: str) -> float:
     return math.nan if value is None else value
 
 
-def assert_metrics_equal(results: dict, resampled: dict, b: int) -> None:
-    for metric in METRICS:
+def assert_metrics_equal(results: dict, resampled: dict, b: int, metrics=METRICS) -> None:
+    for metric in metrics:
         want, got = json_metric(results, metric), resampled[metric][b]
         assert (math.isnan(want) and math.isnan(got)) or abs(want - got) <= TOL, (metric, want, got)
 
@@ -267,3 +267,70 @@ def test_report_command_takes_the_uncertainty_options(dataset, tmp_path):
     assert main(args) == 0
     assert "(50 resamples, seed 3" in (tmp_path / "t.md").read_text()
     assert main([*args[:3], str(tmp_path / "a.json"), *args[3:]]) == 1  # two metrics, one npz
+
+
+# --------------------------------------------------------------------------- open-world rows
+
+
+def openworld_images(rng, n_images: int, k: int = 3, u: int = 2, shape=(12, 16)):
+    """Random per-image arrays of an open-world evaluation (void, unknown and discovered pixels)."""
+    images = []
+    for _ in range(n_images):
+        gt = rng.integers(0, k + u, shape)
+        gt[rng.random(shape) < 0.1] = 255
+        images.append({
+            "gt": gt,
+            "semantic_pred": rng.integers(0, k, shape),
+            "unknown_score": np.round(np.clip(rng.normal(0.3 + 0.4 * (gt >= k) * (gt != 255), 0.2), 0, 1), 2),
+            "openworld_pred": np.where(rng.random(shape) < 0.3, k + rng.integers(0, 3, shape), rng.integers(0, k, shape)),
+        })
+    return images
+
+
+def test_openworld_resamples_equal_the_accumulator_on_the_resampled_image_list():
+    from vocabseg.evaluation.bootstrap import OPENWORLD_METRICS
+    from vocabseg.evaluation.openworld import OpenWorldAccumulator
+
+    rng = np.random.default_rng(6)
+    images = openworld_images(rng, 6)
+    acc = OpenWorldAccumulator(3, 2, image_bins=64)
+    for image in images:
+        acc.update(image["gt"], **{key: v for key, v in image.items() if key != "gt"})
+    stats = acc.image_stats()
+    counts = resample_counts(6, 5, seed=2)
+    assert (counts > 1).any()
+    resampled = resampled_metrics(stats, np.vstack([np.ones(6), counts]))
+    for b, row in enumerate([np.ones(6, int), *counts.astype(int)]):
+        again = OpenWorldAccumulator(3, 2, score_bins=64)  # the binned curves of the same scores
+        for image, c in zip(images, row):
+            for _ in range(c):
+                again.update(image["gt"], **{key: v for key, v in image.items() if key != "gt"})
+        assert_metrics_equal(again.summarize(), resampled, b, OPENWORLD_METRICS)
+
+
+def test_openworld_stats_round_trip_and_enter_the_table(tmp_path):
+    from vocabseg.evaluation.openworld import OpenWorldAccumulator, OpenWorldImageStats, write_openworld_metrics
+
+    rng = np.random.default_rng(1)
+    images = openworld_images(rng, 12)
+    files = []
+    for name, noise in (("contmav", 0.0), ("contmav_focal", 0.5)):
+        acc = OpenWorldAccumulator(3, 2, image_bins=32)
+        for image in images:
+            score = np.clip(image["unknown_score"] + noise * rng.random(image["gt"].shape), 0, 1)
+            acc.update(image["gt"], **{**{key: v for key, v in image.items() if key != "gt"}, "unknown_score": score})
+        write_openworld_metrics(acc.summarize(), tmp_path / f"{name}.json", run={"approach": name})
+        acc.image_stats().save(tmp_path / f"{name}.images.npz")
+        files.append((tmp_path / f"{name}.json", tmp_path / f"{name}.images.npz"))
+    loaded = OpenWorldImageStats.load(files[0][1])
+    assert loaded.n_known == 3 and loaded.open_world and loaded.score_pos.shape == (12, 32)
+    md, table_csv = tmp_path / "t.md", tmp_path / "t.csv"
+    write_report([], md, table_csv, tmp_path / "b.png", "T", openworld_files=[j for j, _ in files],
+                 openworld_image_stats=[n for _, n in files], openworld_references=["contmav"],
+                 bootstrap=BootstrapSettings(resamples=200))
+    text = md.read_text()
+    assert "| contmav_focal |" in text and "AUROC" in text
+    row = next(line for line in text.splitlines() if line.startswith("| contmav_focal |"))
+    assert row.count("[") == 5  # every metric has its interval
+    header = next(csv.reader((tmp_path / "t_openworld.csv").open()))
+    assert {"AUROC lo", "AUROC hi", "AUROC vs contmav lo", "OW mIoU vs contmav hi"} <= set(header)

@@ -85,6 +85,10 @@ def test_evaluate_writes_per_image_stats_and_the_report_bootstraps_them(tmp_path
     assert "results/synthetic/metrics/ftzs.images.npz" in report
     # the uncertainty block's defaults: 1000 resamples, seed 0, the study's reference rows
     assert "--resamples 1000 --seed 0 --level 0.95 --references zeroshot lowerbound upperbound" in report
+    # the ContMAV rows too: per-image score histograms, compared with plain ContMAV
+    assert "--images-out results/synthetic/openworld/metrics/contmav_focal.images.npz --image-bins 1000" in res.stdout
+    assert "--openworld-images results/synthetic/openworld/metrics/contmav.images.npz" in report
+    assert report.rstrip().endswith("--openworld-references contmav > logs/synthetic/report.log 2>&1")
 
 
 def test_dry_run_of_bdd_anomaly_plans_the_build_and_six_contmav_variants(tmp_path):
@@ -127,7 +131,7 @@ def test_dry_run_of_every_seed_row_on_the_synthetic_city(tmp_path):
         (lambda c: c["approaches"].update(x={"kind": "combined", "vocab": "008", "iters": 3, "fusion": "max"}),
          "config key approaches.x.fusion: 'max' is not one of"),
         (lambda c: c.update(uncertainty={"references": ["zeroshot"]}),
-         "config key uncertainty.references: no approach named 'zeroshot'"),
+         "config key uncertainty.references: no row named 'zeroshot'"),
         (lambda c: c.update(uncertainty={"resamples": 1}), "config key uncertainty.resamples: 1 is less than the minimum"),
     ],
 )
@@ -258,6 +262,11 @@ def test_tiny_openworld_study_trains_scores_and_tabulates_contmav(tmp_path):
         assert json.loads(log.splitlines()[-1])["iter"] == 6  # 3 epochs of 2 iterations (4 images, batch 2)
     weights = json.loads((tmp_path / "results/tinyow/openworld/class_weights.json").read_text())
     assert 13 not in weights["known_train_ids"] and len(weights["weights"]) == 18
+    # intervals from the per-image counts, each variant compared with plain ContMAV
+    assert (tmp_path / "results/tinyow/openworld/metrics/contmav_trufor.images.npz").stat().st_size > 0
+    row = next(line for line in table.splitlines() if line.startswith("| contmav_trufor |"))
+    assert row.count(" [") >= 4  # mIoU known, AUPR, FPR95, AUROC (OW mIoU may be '-')
+    assert "(* contmav)" in table
 
 
 def test_missing_official_weights_say_where_they_come_from(tmp_path):

@@ -197,11 +197,10 @@ def cmd_report(a: argparse.Namespace) -> None:
 
     from vocabseg.evaluation.bootstrap import BootstrapSettings
 
-    if a.images and len(a.images) != len(a.metrics):
-        raise InputError(f"--images lists {len(a.images)} files for {len(a.metrics)} --metrics files")
     frame = write_report(
         a.metrics, a.table_md, a.table_csv, a.bars, a.title, tradeoff_png=a.tradeoff, openworld_files=a.openworld,
         image_stats=a.images, references=a.references,
+        openworld_image_stats=a.openworld_images, openworld_references=a.openworld_references,
         bootstrap=BootstrapSettings(resamples=a.resamples, seed=a.seed, level=a.level),
     )
     print(f"{len(frame)} rows written to {a.table_md}")
@@ -291,6 +290,8 @@ def cmd_contmav_eval(a: argparse.Namespace) -> None:
         max_classes=a.max_classes or None,
         score_bins=a.score_bins,
         facts=dict(_parse_fact(f) for f in a.fact),
+        images_out=a.images_out,
+        image_bins=a.image_bins,
     )
 
     def pct(value: object) -> str:
@@ -480,6 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop discovering classes once this many exist (0: no limit)")
     p.add_argument("--score-bins", type=int, default=None, help="histogram anomaly curves (large splits)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--images-out", type=P, default=None, help=".npz: per-image counts (for the bootstrap)")
+    p.add_argument("--image-bins", type=int, default=1000, help="score histogram bins per image in --images-out")
     p.add_argument("--fact", action="append", default=[], metavar="KEY=VALUE", help="run fact stored under 'run'")
 
     p = sub.add_parser("report", help="results table (Markdown, CSV) and PQ bar chart")
@@ -493,6 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=P, nargs="*", default=[],
                    help="per-image statistics (.npz of evaluate-panoptic), one per --metrics file: adds intervals")
     p.add_argument("--references", nargs="*", default=[], help="approaches every row is compared with (paired)")
+    p.add_argument("--openworld-images", type=P, nargs="*", default=[],
+                   help="per-image statistics of contmav-eval, one per --openworld file: adds intervals")
+    p.add_argument("--openworld-references", nargs="*", default=[], help="variants every open-world row is compared with")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="bootstrap resampling seed")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")

@@ -160,17 +160,33 @@ check_references()
 UNCERTAINTY = config["uncertainty"]
 
 
+def uncertainty_refs(key, rows, default):
+    """Reference rows of `uncertainty.<key>`: the configured names (each must be one of
+    `rows`), or those of `default` that are rows of the study."""
+    refs = UNCERTAINTY[key]
+    if refs is None:
+        return [name for name in default if name in rows]
+    for ref in refs:
+        if ref not in rows:
+            raise WorkflowError(f"config key uncertainty.{key}: no row named {ref!r}")
+    return refs
+
+
 def uncertainty_args():
     """`vocabseg report` arguments of the `uncertainty` block (resamples, seed, reference rows)."""
-    refs = UNCERTAINTY["references"]
-    if refs is None:
-        refs = [name for name in ("zeroshot", "lowerbound", "upperbound") if name in APPROACHES]
-    for ref in refs:
-        if ref not in APPROACHES:
-            raise WorkflowError(f"config key uncertainty.references: no approach named {ref!r}")
     args = f"--resamples {UNCERTAINTY['resamples']} --seed {UNCERTAINTY['seed']} --level {UNCERTAINTY['level']}"
-    if refs:
-        args += " --references " + " ".join(shlex.quote(r) for r in refs)
+    for flag, refs in (
+        (
+            "--references",
+            uncertainty_refs("references", APPROACHES, ("zeroshot", "lowerbound", "upperbound")),
+        ),
+        (
+            "--openworld-references",
+            uncertainty_refs("openworld_references", OW_VARIANTS, ("contmav",)),
+        ),
+    ):
+        if refs:
+            args += f" {flag} " + " ".join(shlex.quote(r) for r in refs)
     return args
 
 

@@ -11,6 +11,7 @@ rule report:
         metrics=[f"{RESULTS}/metrics/{name}.json" for name in APPROACHES],
         images=[f"{RESULTS}/metrics/{name}.images.npz" for name in APPROACHES],
         openworld=openworld_metrics(),
+        openworld_images=[f.replace(".json", ".images.npz") for f in openworld_metrics()],
     output:
         md=report("results/table.md", caption="../report/table.rst", category="Results"),
         csv="results/table.csv",
@@ -32,7 +33,7 @@ rule report:
     shell:
         "vocabseg report --metrics {input.metrics} --openworld {input.openworld} --table-md {output.md} --table-csv {output.csv}"
         " --bars {output.bars} --tradeoff {output.tradeoff} --title {params.title:q}"
-        " --images {input.images} {params.uncertainty} > {log} 2>&1"
+        " --images {input.images} --openworld-images {input.openworld_images} {params.uncertainty} > {log} 2>&1"
 
 
 # Qualitative panels: photo, ground truth and every approach's prediction (not the

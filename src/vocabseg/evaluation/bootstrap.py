@@ -23,6 +23,13 @@ sampling noise common to both cancels; its interval excludes 0 when the two rows
 differ by more than the choice of validation images explains. A row against itself
 gives exactly 0.
 
+Open-world (ContMAV) rows resample :class:`~vocabseg.evaluation.openworld.OpenWorldImageStats`
+the same way: known mIoU from the per-image intersections / unions; AUPR, AUROC and
+FPR95 from the per-image score histograms summed over the resample (the metrics of
+the binned scores, as :class:`~vocabseg.evaluation.openworld.BinnedScores`, bounded
+memory whatever the image size); open-world mIoU by the Hungarian matching of the
+resample's summed contingency.
+
 What the interval covers: the variation of the metric under a new draw of
 validation images from the same distribution, with the trained models fixed. It
 does not cover training noise (seeds), which needs replicated training runs.
@@ -32,15 +39,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
 
 from vocabseg.errors import InputError
+from vocabseg.evaluation.openworld import FPR_TPR, OpenWorldImageStats, match_discovered
 from vocabseg.evaluation.panoptic import PerImageStats
 
 __all__ = [
     "METRICS",
+    "OPENWORLD_METRICS",
+    "anomaly_metrics",
     "resample_counts",
     "resampled_metrics",
     "metric_values",
@@ -53,6 +64,8 @@ __all__ = [
 GROUPS = ("All", "Things", "Stuff", "In", "Out")
 #: metric names, as paths into the metrics JSON: "<group>/<pq|sq|rq>" and "semantic/miou"
 METRICS = (*(f"{g}/{k}" for g in GROUPS for k in ("pq", "sq", "rq")), "semantic/miou")
+#: open-world metric names, as paths into the ``contmav-eval`` metrics JSON
+OPENWORLD_METRICS = ("known/miou", "anomaly/aupr", "anomaly/auroc", "anomaly/fpr95", "open_world/miou")
 
 
 def resample_counts(n_images: int, resamples: int, seed: int) -> np.ndarray:
@@ -103,16 +116,61 @@ def metric_values(sums: Mapping[str, np.ndarray], groups: Mapping[str, np.ndarra
             included = present & groups[group][None, :]
             for key, per in per_class.items():
                 values[f"{group}/{key}"] = _mean_over(per, included)
-    inter, union = sums["sem_inter"], sums["sem_union"]
-    class_iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    values["semantic/miou"] = _mean_over(class_iou, union > 0)
+    values["semantic/miou"] = _miou(sums["sem_inter"], sums["sem_union"])
     return values
 
 
-def resampled_metrics(stats: PerImageStats, counts: np.ndarray) -> dict[str, np.ndarray]:
-    """Every metric on each resample of ``counts`` (B, N): ``{metric: (B,) float64}``."""
+def _miou(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
+    """(B,) mean IoU over the classes with a non-zero union of (B, K) pixel counts."""
+    class_iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    return _mean_over(class_iou, union > 0)
+
+
+def anomaly_metrics(pos: np.ndarray, neg: np.ndarray) -> dict[str, np.ndarray]:
+    """AUPR, AUROC, FPR95 of (B, bins) score histograms (bins ascending), as
+    :func:`vocabseg.evaluation.openworld.metrics_from_counts` on the non-empty bins
+    (empty bins add nothing): ``{"anomaly/<metric>": (B,) float64}``, NaN where undefined."""
+    tp, fp = np.cumsum(pos[:, ::-1], axis=1), np.cumsum(neg[:, ::-1], axis=1)
+    n_pos, n_neg = tp[:, -1], fp[:, -1]
+    has_pos, has_both = n_pos > 0, (n_pos > 0) & (n_neg > 0)
+    precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
+    aupr = np.divide((np.diff(tp, axis=1, prepend=0.0) * precision).sum(axis=1), n_pos,
+                     out=np.full(n_pos.shape, np.nan), where=has_pos)
+    tp0 = np.concatenate([np.zeros((tp.shape[0], 1)), tp], axis=1)
+    area = (np.diff(fp, axis=1, prepend=0.0) * (tp0[:, 1:] + tp0[:, :-1])).sum(axis=1)
+    auroc = np.divide(area, 2.0 * n_pos * n_neg, out=np.full(n_pos.shape, np.nan), where=has_both)
+    # first bin reaching TPR 0.95 (= 19/20), compared in integers as _first_at_tpr
+    frac = Fraction(str(FPR_TPR))
+    reached = tp * frac.denominator >= frac.numerator * n_pos[:, None]
+    first = np.argmax(reached, axis=1)
+    fp_at = fp[np.arange(fp.shape[0]), first]
+    fpr95 = np.divide(fp_at, n_neg, out=np.full(n_pos.shape, np.nan), where=has_both)
+    return {"anomaly/aupr": aupr, "anomaly/auroc": auroc, "anomaly/fpr95": fpr95}
+
+
+def _openworld_metrics(stats: OpenWorldImageStats, counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric of :data:`OPENWORLD_METRICS` on each resample of (B, N) ``counts``."""
+    values = {"known/miou": _miou(counts @ stats.known_inter, counts @ stats.known_union)}
+    values.update(anomaly_metrics(counts @ stats.score_pos, counts @ stats.score_neg))
+    n, g, c = stats.contingency.shape
+    contingency = (counts @ stats.contingency.reshape(n, g * c)).reshape(-1, g, c)
+    gt_area = counts @ stats.gt_area
+    ow = np.full(counts.shape[0], np.nan)
+    for b in range(counts.shape[0] if stats.open_world else 0):  # as OpenWorldAccumulator._open_world
+        present = [iou for iou, _ in match_discovered(contingency[b], gt_area[b], stats.n_known) if iou is not None]
+        if present:
+            ow[b] = sum(present) / len(present)
+    values["open_world/miou"] = ow
+    return values
+
+
+def resampled_metrics(stats: PerImageStats | OpenWorldImageStats, counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric on each resample of ``counts`` (B, N): ``{metric: (B,) float64}``
+    (:data:`METRICS` of a panoptic row, :data:`OPENWORLD_METRICS` of an open-world one)."""
     if counts.shape[1] != stats.image_ids.size:
         raise ValueError(f"counts cover {counts.shape[1]} images, the statistics {stats.image_ids.size}")
+    if isinstance(stats, OpenWorldImageStats):
+        return _openworld_metrics(stats, counts)
     return metric_values(_class_sums(stats, counts), stats.groups)
 
 

@@ -70,7 +70,6 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
-import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -81,7 +80,7 @@ import numpy as np
 
 from vocabseg.errors import InputError
 from vocabseg.data.panoptic_png import DECODERS, read_panoptic_png
-from vocabseg.fileio import atomic_path, read_json, write_json_atomic
+from vocabseg.fileio import read_json, read_npz, write_json_atomic, write_npz_atomic
 from vocabseg.evaluation.semantic import confusion_from_histogram, intersection_union, semantic_metrics
 
 __all__ = [
@@ -258,21 +257,13 @@ class PerImageStats:
         """Write a compressed ``.npz`` (plain arrays, loadable without pickle) atomically."""
         arrays = {name: getattr(self, name) for name in ("image_ids", "category_ids", *self.COUNTS)}
         arrays.update({f"group_{g}": mask for g, mask in self.groups.items()})
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+        write_npz_atomic(arrays, path)
 
     @classmethod
     def load(cls, path: Path) -> PerImageStats:
         """Read a file of :meth:`save`; a missing or damaged one is an InputError naming it."""
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {name: data[name] for name in data.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-            raise InputError(f"{path}: cannot read per-image statistics ({err})") from None
         fields = ("image_ids", "category_ids", *cls.COUNTS)
-        missing = [f for f in fields if f not in arrays]
-        if missing:
-            raise InputError(f"{path}: per-image statistics lack {', '.join(missing)}")
+        arrays = read_npz(path, fields, "per-image statistics")
         groups = {n.removeprefix("group_"): arrays[n] for n in arrays if n.startswith("group_")}
         return cls(groups=groups, **{f: arrays[f] for f in fields})
 

@@ -32,7 +32,7 @@ import pandas as pd
 from vocabseg.data.labels import EVAL_LABELS
 from vocabseg.errors import InputError
 from vocabseg.evaluation.bootstrap import BootstrapSettings, bootstrap_rows
-from vocabseg.evaluation.openworld import openworld_table_row
+from vocabseg.evaluation.openworld import OpenWorldImageStats, openworld_table_row
 from vocabseg.evaluation.panoptic import PerImageStats
 from vocabseg.fileio import read_json, write_text_atomic
 from vocabseg.report.figures import plot_pq_bars, plot_tradeoff
@@ -43,6 +43,11 @@ _FACTS = ("study", "dataset", "backbone", "vocab", "iterations")
 #: metric columns of the main table -> metric of the bootstrap (a path into the metrics JSON)
 METRIC_COLUMNS = {
     "PQ": "All/pq", "PQ In": "In/pq", "PQ Out": "Out/pq", "SQ": "All/sq", "RQ": "All/rq", "mIoU": "semantic/miou",
+}
+#: metric columns of the open-world table -> metric of the bootstrap
+OPENWORLD_COLUMNS = {
+    "mIoU known": "known/miou", "AUPR": "anomaly/aupr", "FPR95": "anomaly/fpr95", "AUROC": "anomaly/auroc",
+    "OW mIoU": "open_world/miou",
 }
 #: the mark of a significant paired difference to the 1st, 2nd, ... reference row
 MARKS = ("*", "†", "‡", "§")
@@ -89,15 +94,18 @@ def results_frame(metrics_files: Sequence[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*columns, *(f"pq/{lb.name}" for lb in EVAL_LABELS)])
 
 
-def interval_columns(frame: pd.DataFrame, boot: pd.DataFrame, references: Sequence[str]) -> pd.DataFrame:
+def interval_columns(
+    frame: pd.DataFrame, boot: pd.DataFrame, references: Sequence[str], metric_columns: dict = METRIC_COLUMNS
+) -> pd.DataFrame:
     """``frame`` with the bootstrap columns of every metric column C, all x100:
     ``C lo``, ``C hi`` and, per reference r, ``C vs r``, ``C vs r lo``, ``C vs r hi``.
 
-    ``boot`` is the long frame of :func:`vocabseg.evaluation.bootstrap.bootstrap_rows`.
+    ``boot`` is the long frame of :func:`vocabseg.evaluation.bootstrap.bootstrap_rows`;
+    ``metric_columns`` maps the frame's columns to its metrics.
     """
     indexed = boot.set_index(["approach", "metric", "reference"])
     columns: dict[str, list] = {}
-    for column, metric in METRIC_COLUMNS.items():
+    for column, metric in metric_columns.items():
         keys = [("", ("lo", "hi"), f"{column} ")]
         keys += [(r, ("estimate", "lo", "hi"), f"{column} vs {r} ") for r in references]
         for reference, fields, prefix in keys:
@@ -116,11 +124,13 @@ def _x100_of(indexed: pd.DataFrame, key: tuple[str, str, str], field: str) -> fl
     return None if pd.isna(value) else round(100.0 * float(value), 3)
 
 
-def interval_cells(frame: pd.DataFrame, references: Sequence[str]) -> pd.DataFrame:
+def interval_cells(
+    frame: pd.DataFrame, references: Sequence[str], metric_columns: dict = METRIC_COLUMNS
+) -> pd.DataFrame:
     """Metric columns as Markdown cells ``value [lo, hi]`` plus the marks of the
     references whose paired difference interval excludes 0 (see :data:`MARKS`)."""
     cells = {}
-    for column in METRIC_COLUMNS:
+    for column in metric_columns:
         cells[column] = [_interval_cell(row, column, references) for _, row in frame.iterrows()]
     return frame.assign(**cells)
 
@@ -140,6 +150,24 @@ def _excludes_zero(row: pd.Series, prefix: str) -> bool:
     if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
         return False
     return lo > 0 or hi < 0
+
+
+def _with_intervals(
+    frame: pd.DataFrame, stats_files: Sequence[Path], references: Sequence[str], settings: BootstrapSettings,
+    metric_columns: dict, load=PerImageStats.load,
+) -> tuple[pd.DataFrame, str]:
+    """``frame`` with :func:`interval_columns` from the per-image statistics files (one
+    per row, loaded by ``load``) and the legend sentence; unchanged and "" without files."""
+    if not stats_files:
+        return frame, ""
+    if len(stats_files) != len(frame):
+        raise InputError(f"{len(stats_files)} per-image statistics files for {len(frame)} table rows")
+    if len(references) > len(MARKS):
+        raise InputError(f"at most {len(MARKS)} reference rows can be marked, got {list(references)}")
+    stats = {name: load(path) for name, path in zip(frame["approach"], stats_files)}
+    boot = bootstrap_rows(stats, references, settings)
+    n_images = next(iter(stats.values())).image_ids.size
+    return interval_columns(frame, boot, references, metric_columns), " " + _interval_legend(n_images, references, settings)
 
 
 def _interval_legend(n_images: int, references: Sequence[str], settings: BootstrapSettings) -> str:
@@ -196,20 +224,18 @@ def write_report(
     image_stats: Sequence[Path] = (),
     references: Sequence[str] = (),
     bootstrap: BootstrapSettings = BootstrapSettings(),
+    openworld_image_stats: Sequence[Path] = (),
+    openworld_references: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Write the Markdown table, the CSV, the PQ bar chart and (if a path is given)
     the In/Out trade-off plot; return the frame. ``openworld_files`` (ContMAV metrics)
     add the open-world table to the Markdown and ``<table_csv stem>_openworld.csv``.
     ``image_stats`` (one per metrics file) add bootstrap intervals and paired
-    comparisons with the ``references`` rows (at most four)."""
-    frame = results_frame(metrics_files)
-    legend = ""
-    if image_stats:
-        if len(references) > len(MARKS):
-            raise InputError(f"at most {len(MARKS)} reference rows can be marked, got {list(references)}")
-        stats = {name: PerImageStats.load(path) for name, path in zip(frame["approach"], image_stats)}
-        frame = interval_columns(frame, bootstrap_rows(stats, references, bootstrap), references)
-        legend = " " + _interval_legend(next(iter(stats.values())).image_ids.size, references, bootstrap)
+    comparisons with the ``references`` rows (at most four); ``openworld_image_stats``
+    and ``openworld_references`` do the same for the open-world table."""
+    frame, legend = _with_intervals(
+        results_frame(metrics_files), image_stats, references, bootstrap, METRIC_COLUMNS
+    )
     main = ["approach", "seed row", "PQ", "PQ In", "PQ Out", "SQ", "RQ", "mIoU", *_FACTS, "eval vocab"]
     per_class = ["approach", *[f"pq/{lb.name}" for lb in EVAL_LABELS]]
     eval_vocab = frame["eval vocab"].iloc[0] if len(frame) else ""
@@ -228,13 +254,18 @@ def write_report(
     )
     if openworld_files:
         ow = openworld_frame(openworld_files)
+        shown = list(ow.columns)
+        ow, ow_legend = _with_intervals(
+            ow, openworld_image_stats, openworld_references, bootstrap, OPENWORLD_COLUMNS, OpenWorldImageStats.load
+        )
         text += "\n\n" + "\n\n".join(
             [
                 "## Open-world segmentation (ContMAV)",
                 "Known: mIoU x100 over the known classes. AUPR, FPR95 (at 95 % TPR) and AUROC x100 of the "
                 "unknown score, positives = pixels of the unknown classes, void ignored. OW mIoU: the "
-                "discovered classes against their best-matching ground-truth class.",
-                _markdown(ow, list(ow.columns)),
+                "discovered classes against their best-matching ground-truth class." + ow_legend
+                + (" Intervals of AUPR, FPR95 and AUROC use the per-image score histograms." if ow_legend else ""),
+                _markdown(interval_cells(ow, openworld_references, OPENWORLD_COLUMNS), shown),
             ]
         )
         ow_csv = Path(table_csv).with_name(Path(table_csv).stem + "_openworld.csv")
