@@ -126,7 +126,7 @@ def test_tradeoff_figure_markers_lines_labels(tmp_path, monkeypatch):
                     for line in ax.lines if line.get_linestyle() == "--")
     assert dashed == [(0, 1, 29.416, 29.416), (48.234, 48.234, 0, 1)]
     assert sum(line.get_linestyle() == ":" for line in ax.lines) == 4
-    assert ax.get_xlim() == (43.234, 70.575) and ax.get_ylim() == (-5.0, 55.224)
+    assert ax.get_xlim() == (43.234, 70.575) and ax.get_ylim() == (0.0, 55.224)  # PQ never below 0
 
 
 def test_tradeoff_without_out_groups_still_writes_a_figure(tmp_path):

@@ -77,6 +77,20 @@ def test_dry_run_of_the_default_study(tmp_path):
     assert jobs["contmav_weights"] == 1 and jobs["contmav_train"] == 6 and jobs["contmav_eval"] == 6
 
 
+def test_evaluate_writes_per_image_stats_and_the_report_bootstraps_them(tmp_path):
+    res = snakemake(tmp_path, "-n", "-p", "--configfile", str(REPO / "config/config.yaml"))
+    assert res.returncode == 0, res.stderr + res.stdout
+    assert "--images-out results/synthetic/metrics/ftzs.images.npz" in res.stdout
+    report = next(line for line in res.stdout.splitlines() if "vocabseg report" in line)
+    assert "results/synthetic/metrics/ftzs.images.npz" in report
+    # the uncertainty block's defaults: 1000 resamples, seed 0, the study's reference rows
+    assert "--resamples 1000 --seed 0 --level 0.95 --references zeroshot lowerbound upperbound" in report
+    # the ContMAV rows too: per-image score histograms, compared with plain ContMAV
+    assert "--images-out results/synthetic/openworld/metrics/contmav_focal.images.npz --image-bins 1000" in res.stdout
+    assert "--openworld-images results/synthetic/openworld/metrics/contmav.images.npz" in report
+    assert report.rstrip().endswith("--openworld-references contmav > logs/synthetic/report.log 2>&1")
+
+
 def test_dry_run_of_bdd_anomaly_plans_the_build_and_six_contmav_variants(tmp_path):
     res = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config/bdd-anomaly.yaml"))
     assert res.returncode == 0, res.stderr + res.stdout
@@ -116,6 +130,9 @@ def test_dry_run_of_every_seed_row_on_the_synthetic_city(tmp_path):
          "config key approaches.x.finetuned: 'oracle' is of kind oracle"),
         (lambda c: c["approaches"].update(x={"kind": "combined", "vocab": "008", "iters": 3, "fusion": "max"}),
          "config key approaches.x.fusion: 'max' is not one of"),
+        (lambda c: c.update(uncertainty={"references": ["zeroshot"]}),
+         "config key uncertainty.references: no row named 'zeroshot'"),
+        (lambda c: c.update(uncertainty={"resamples": 1}), "config key uncertainty.resamples: 1 is less than the minimum"),
     ],
 )
 def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, mutate, expected):
@@ -203,7 +220,10 @@ def test_tiny_study_runs_end_to_end(tmp_path):
     res = snakemake(tmp_path, "--cores", "2", "--configfile", str(config))
     assert res.returncode == 0, res.stderr[-4000:]
     table = (tmp_path / "results/table.md").read_text()
-    assert "| oracle | 100.000 | 100.000 | 100.000 | 100.000 | 100.000 | 100.000 |" in table
+    # every image of the oracle is perfect, so is every resample of them
+    assert "| oracle | - | 100.000 [100.0, 100.0] | 100.000 [100.0, 100.0] | 100.000 [100.0, 100.0] |" in table
+    assert "bootstrap interval over the 3 validation images (1000 resamples, seed 0" in table
+    assert (tmp_path / "results/tiny/metrics/oracle.images.npz").stat().st_size > 0
     metrics = json.loads((tmp_path / "results/tiny/metrics/oracle.json").read_text())
     assert metrics["All"]["n"] == 19 and metrics["Out"]["n"] == 8 and metrics["In"]["n"] == 11
     assert metrics["run"]["approach"] == "oracle" and metrics["run"]["eval_vocab"] == "008"
@@ -242,6 +262,11 @@ def test_tiny_openworld_study_trains_scores_and_tabulates_contmav(tmp_path):
         assert json.loads(log.splitlines()[-1])["iter"] == 6  # 3 epochs of 2 iterations (4 images, batch 2)
     weights = json.loads((tmp_path / "results/tinyow/openworld/class_weights.json").read_text())
     assert 13 not in weights["known_train_ids"] and len(weights["weights"]) == 18
+    # intervals from the per-image counts, each variant compared with plain ContMAV
+    assert (tmp_path / "results/tinyow/openworld/metrics/contmav_trufor.images.npz").stat().st_size > 0
+    row = next(line for line in table.splitlines() if line.startswith("| contmav_trufor |"))
+    assert row.count(" [") >= 4  # mIoU known, AUPR, FPR95, AUROC (OW mIoU may be '-')
+    assert "(* contmav)" in table
 
 
 def test_missing_official_weights_say_where_they_come_from(tmp_path):

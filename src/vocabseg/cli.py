@@ -180,12 +180,16 @@ def cmd_wiseft(a: argparse.Namespace) -> None:
 
 @_command
 def cmd_evaluate_panoptic(a: argparse.Namespace) -> None:
-    from vocabseg.evaluation.panoptic import evaluate_panoptic, write_metrics
+    from vocabseg.evaluation.panoptic import evaluate_panoptic_images, write_metrics
 
     split = read_json(a.split) if a.split else None
-    results = evaluate_panoptic(a.gt_json, a.gt_folder, a.pred_json, a.pred_folder, split=split, threads=a.threads)
+    results, per_image = evaluate_panoptic_images(
+        a.gt_json, a.gt_folder, a.pred_json, a.pred_folder, split=split, threads=a.threads
+    )
     if a.fact:
         results["run"] = dict(_parse_fact(f) for f in a.fact)
+    if a.images_out:
+        per_image.save(a.images_out)
     write_metrics(results, a.out)
     groups = [g for g in ("All", "Things", "Stuff", "In", "Out") if g in results]
     for g in groups:
@@ -198,8 +202,13 @@ def cmd_evaluate_panoptic(a: argparse.Namespace) -> None:
 def cmd_report(a: argparse.Namespace) -> None:
     from vocabseg.report.table import write_report
 
+    from vocabseg.evaluation.bootstrap import BootstrapSettings
+
     frame = write_report(
-        a.metrics, a.table_md, a.table_csv, a.bars, a.title, tradeoff_png=a.tradeoff, openworld_files=a.openworld
+        a.metrics, a.table_md, a.table_csv, a.bars, a.title, tradeoff_png=a.tradeoff, openworld_files=a.openworld,
+        image_stats=a.images, references=a.references,
+        openworld_image_stats=a.openworld_images, openworld_references=a.openworld_references,
+        bootstrap=BootstrapSettings(resamples=a.resamples, seed=a.seed, level=a.level),
     )
     print(f"{len(frame)} rows written to {a.table_md}")
 
@@ -288,6 +297,8 @@ def cmd_contmav_eval(a: argparse.Namespace) -> None:
         max_classes=a.max_classes or None,
         score_bins=a.score_bins,
         facts=dict(_parse_fact(f) for f in a.fact),
+        images_out=a.images_out,
+        image_bins=a.image_bins,
     )
 
     def pct(value: object) -> str:
@@ -435,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", type=P, default=None, help="split.json giving the In and Out groups")
     p.add_argument("--threads", type=int, default=1, help="worker processes (the job's threads)")
     p.add_argument("--fact", action="append", default=[], metavar="KEY=VALUE", help="run fact stored under 'run'")
+    p.add_argument("--images-out", type=P, default=None, help=".npz: per-image, per-class counts (for the bootstrap)")
 
     def known_unknown(p: argparse.ArgumentParser) -> None:
         group = p.add_mutually_exclusive_group()
@@ -485,6 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop discovering classes once this many exist (0: no limit)")
     p.add_argument("--score-bins", type=int, default=None, help="histogram anomaly curves (large splits)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--images-out", type=P, default=None, help=".npz: per-image counts (for the bootstrap)")
+    p.add_argument("--image-bins", type=int, default=1000, help="score histogram bins per image in --images-out")
     p.add_argument("--fact", action="append", default=[], metavar="KEY=VALUE", help="run fact stored under 'run'")
 
     p = sub.add_parser("report", help="results table (Markdown, CSV) and PQ bar chart")
@@ -495,6 +509,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tradeoff", type=P, default=None, help="PNG: PQ In vs PQ Out, one point per approach")
     p.add_argument("--title", default="vocabseg results")
     p.add_argument("--openworld", type=P, nargs="*", default=[], help="contmav-eval metrics: the open-world table")
+    p.add_argument("--images", type=P, nargs="*", default=[],
+                   help="per-image statistics (.npz of evaluate-panoptic), one per --metrics file: adds intervals")
+    p.add_argument("--references", nargs="*", default=[], help="approaches every row is compared with (paired)")
+    p.add_argument("--openworld-images", type=P, nargs="*", default=[],
+                   help="per-image statistics of contmav-eval, one per --openworld file: adds intervals")
+    p.add_argument("--openworld-references", nargs="*", default=[], help="variants every open-world row is compared with")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap resampling seed")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
 
     p = sub.add_parser("panels", help="qualitative panels: photo, ground truth and each approach's overlay")
     p.add_argument("--gt-json", type=P, required=True, help="prepared validation panoptic JSON")

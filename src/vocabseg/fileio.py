@@ -26,6 +26,8 @@ __all__ = [
     "write_text_atomic",
     "torch_save_atomic",
     "replace_dir",
+    "write_npz_atomic",
+    "read_npz",
 ]
 
 
@@ -92,6 +94,32 @@ def write_text_atomic(text: str, path: Path | str) -> None:
 def write_json_atomic(data: Any, path: Path | str, *, indent: int = 4) -> None:
     """Write ``data`` as key-sorted JSON to ``path`` atomically."""
     write_text_atomic(json.dumps(data, sort_keys=True, indent=indent) + "\n", path)
+
+
+def write_npz_atomic(arrays: dict, path: Path | str) -> None:
+    """Write plain numpy ``arrays`` as a compressed ``.npz`` to ``path`` atomically."""
+    import numpy as np
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+
+
+def read_npz(path: Path | str, required: Any, what: str) -> dict:
+    """The arrays of a ``.npz`` (never unpickled); a missing or damaged file, or one
+    without every ``required`` name, is an :class:`InputError` naming it and ``what``."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise InputError(f"{path}: cannot read {what} ({err})") from None
+    missing = [name for name in required if name not in arrays]
+    if missing:
+        raise InputError(f"{path}: {what} lack {', '.join(missing)}")
+    return arrays
 
 
 def torch_save_atomic(obj: Any, path: Path | str) -> None:

@@ -157,6 +157,39 @@ def check_references():
 check_references()
 
 
+UNCERTAINTY = config["uncertainty"]
+
+
+def uncertainty_refs(key, rows, default):
+    """Reference rows of `uncertainty.<key>`: the configured names (each must be one of
+    `rows`), or those of `default` that are rows of the study."""
+    refs = UNCERTAINTY[key]
+    if refs is None:
+        return [name for name in default if name in rows]
+    for ref in refs:
+        if ref not in rows:
+            raise WorkflowError(f"config key uncertainty.{key}: no row named {ref!r}")
+    return refs
+
+
+def uncertainty_args():
+    """`vocabseg report` arguments of the `uncertainty` block (resamples, seed, reference rows)."""
+    args = f"--resamples {UNCERTAINTY['resamples']} --seed {UNCERTAINTY['seed']} --level {UNCERTAINTY['level']}"
+    for flag, refs in (
+        (
+            "--references",
+            uncertainty_refs("references", APPROACHES, ("zeroshot", "lowerbound", "upperbound")),
+        ),
+        (
+            "--openworld-references",
+            uncertainty_refs("openworld_references", OW_VARIANTS, ("contmav",)),
+        ),
+    ):
+        if refs:
+            args += f" {flag} " + " ".join(shlex.quote(r) for r in refs)
+    return args
+
+
 def combined_run(approach):
     """Folder of a combined training run; approaches that differ only in
     predict_with share it (and its single training job)."""

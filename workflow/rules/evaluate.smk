@@ -1,4 +1,5 @@
-# Panoptic quality (as cityscapesscripts) plus In / Out groups and semantic mIoU.
+# Panoptic quality (as cityscapesscripts) plus In / Out groups and semantic mIoU, and
+# the per-image counts they are sums of (what the report's bootstrap resamples).
 
 
 rule evaluate:
@@ -8,7 +9,8 @@ rule evaluate:
         pred_folder=f"{RESULTS}/predictions/{{approach}}/panoptic",
         split=f"{RESULTS}/vocab/{EVAL_VOCAB}/split.json",
     output:
-        f"{RESULTS}/metrics/{{approach}}.json",
+        metrics=f"{RESULTS}/metrics/{{approach}}.json",
+        images=f"{RESULTS}/metrics/{{approach}}.images.npz",
     log:
         f"{LOGS}/evaluate/{{approach}}.log",
     benchmark:
@@ -22,4 +24,5 @@ rule evaluate:
         "vocabseg evaluate-panoptic --gt-json {input.prepared}/cityscapes_panoptic_val.json"
         " --gt-folder {input.prepared}/cityscapes_panoptic_val"
         " --pred-json {input.pred_json} --pred-folder {input.pred_folder}"
-        " --split {input.split} --threads {threads} {params.facts} --out {output} > {log} 2>&1"
+        " --split {input.split} --threads {threads} {params.facts}"
+        " --out {output.metrics} --images-out {output.images} > {log} 2>&1"

@@ -88,7 +88,8 @@ rule contmav_eval:
         images=OW_IMAGES,
         labels=OW_LABELS,
     output:
-        f"{OW_RESULTS}/metrics/{{variant}}.json",
+        metrics=f"{OW_RESULTS}/metrics/{{variant}}.json",
+        images=f"{OW_RESULTS}/metrics/{{variant}}.images.npz",
     log:
         f"{LOGS}/openworld/eval/{{variant}}.log",
     benchmark:
@@ -103,8 +104,9 @@ rule contmav_eval:
         unknown=f"--unknown {OW_UNKNOWN}" if OW_UNKNOWN else "",
         size=f"--size {OW_EVAL['size'][0]} {OW_EVAL['size'][1]}" if OW_EVAL["size"] else "",
         stride=OW_EVAL["cluster_stride"],
+        bins=UNCERTAINTY["score_bins"],
         facts=lambda wc: ow_facts(wc.variant),
     shell:
         "vocabseg contmav-eval --model {input.model} {params.roots} {params.unknown}"
         " {params.size} --cluster-stride {params.stride} --threads {threads} {params.facts}"
-        " --out {output} > {log} 2>&1"
+        " --out {output.metrics} --images-out {output.images} --image-bins {params.bins} > {log} 2>&1"

@@ -9,7 +9,9 @@ localrules:
 rule report:
     input:
         metrics=[f"{RESULTS}/metrics/{name}.json" for name in APPROACHES],
+        images=[f"{RESULTS}/metrics/{name}.images.npz" for name in APPROACHES],
         openworld=openworld_metrics(),
+        openworld_images=[f.replace(".json", ".images.npz") for f in openworld_metrics()],
     output:
         md=report("results/table.md", caption="../report/table.rst", category="Results"),
         csv="results/table.csv",
@@ -27,9 +29,11 @@ rule report:
         CONDA_ENV
     params:
         title=config["title"],
+        uncertainty=uncertainty_args(),
     shell:
         "vocabseg report --metrics {input.metrics} --openworld {input.openworld} --table-md {output.md} --table-csv {output.csv}"
-        " --bars {output.bars} --tradeoff {output.tradeoff} --title {params.title:q} > {log} 2>&1"
+        " --bars {output.bars} --tradeoff {output.tradeoff} --title {params.title:q}"
+        " --images {input.images} --openworld-images {input.openworld_images} {params.uncertainty} > {log} 2>&1"
 
 
 # Qualitative panels: photo, ground truth and every approach's prediction (not the

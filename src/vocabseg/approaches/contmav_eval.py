@@ -142,6 +142,8 @@ def evaluate_contmav(
     score_bins: int | None = None,
     facts: Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
+    images_out: Path | None = None,
+    image_bins: int = 1000,
 ) -> dict:
     """Open-world metrics of the exported model ``model_path`` on a split.
 
@@ -159,6 +161,9 @@ def evaluate_contmav(
         similar_targets: unknown train id -> known train id for class similarity.
         score_bins: None = exact anomaly curves, else histogram bins (large splits).
         facts: run facts stored under ``"run"`` (e.g. approach, study).
+        images_out: ``.npz`` for the per-image counts the bootstrap resamples
+            (:class:`~vocabseg.evaluation.openworld.OpenWorldImageStats`), with
+            ``image_bins`` unknown-score bins per image.
 
     Returns the results dict (the JSON content).
     """
@@ -187,6 +192,7 @@ def evaluate_contmav(
         score_bins=score_bins,
         similar_targets=targets,
         class_names=[TRAIN_ID_TO_NAME[t] for t in known + unknown],
+        image_bins=image_bins if images_out is not None else None,
     )
     state = None
     for index in range(len(dataset)):
@@ -222,6 +228,8 @@ def evaluate_contmav(
         seconds=round(time.perf_counter() - started, 3),
     )
     results["run"] = run
+    if images_out is not None:
+        acc.image_stats().save(images_out)
     if out is not None:
         write_openworld_metrics(results, out)
     return results

@@ -57,6 +57,12 @@ Definitions (all values are fractions in [0, 1]; ``None`` when undefined):
   is the same over those pixels flagged unknown. The pooled values are the mean over
   classes with pixels. All GT pixels make ``accuracy`` independent of the threshold δ.
 
+Per image (``image_bins``): the accumulator can also keep every image's counts
+(:class:`OpenWorldImageStats`: known intersection / union, a histogram of the
+unknown score of its positive and negative pixels, its discovered-class contingency
+and GT areas), whose sums over any list of images are that list's counts; the
+bootstrap (:mod:`vocabseg.evaluation.bootstrap`) resamples them.
+
 Streaming: :class:`ExactScores` keeps every score (exact; fine for the synthetic
 city). For Cityscapes-size data, :class:`BinnedScores` keeps two histograms over
 ``[0, 1]`` (default 2^16 bins); its metrics are the exact metrics of the quantised
@@ -68,14 +74,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vocabseg.evaluation.semantic import semantic_metrics
-from vocabseg.fileio import write_json_atomic
+from vocabseg.evaluation.semantic import intersection_union, semantic_metrics
+from vocabseg.fileio import read_npz, write_json_atomic, write_npz_atomic
 
 __all__ = [
     "FPR_TPR",
@@ -90,6 +97,7 @@ __all__ = [
     "discovered_contingency",
     "match_discovered",
     "OpenWorldAccumulator",
+    "OpenWorldImageStats",
     "write_openworld_metrics",
     "openworld_table_row",
 ]
@@ -352,6 +360,50 @@ def match_discovered(
 
 
 # ---------------------------------------------------------------- accumulator
+@dataclass(frozen=True)
+class OpenWorldImageStats:
+    """Per-image counts of one open-world evaluation (N images, K known, U unknown classes).
+
+    Attributes:
+        image_ids: (N,) str, evaluation order.
+        n_known: K.
+        known_inter, known_union: (N, K) int64 pixel intersection / union of the
+            closed-world prediction per known class (the ``known`` mIoU).
+        score_pos, score_neg: (N, bins) int64 histograms of the unknown score of the
+            unknown (positive) and known (negative) GT pixels over [0, 1]
+            (:class:`BinnedScores` bins).
+        contingency: (N, G, K + U) int64 discovered-class contingency (G classes
+            discovered over the whole split; zeros where an image has fewer).
+        gt_area: (N, K + U) int64 non-void GT pixels per class.
+        open_world: whether open-world predictions were scored (else no OW mIoU).
+    """
+
+    image_ids: np.ndarray
+    n_known: int
+    open_world: bool
+    known_inter: np.ndarray
+    known_union: np.ndarray
+    score_pos: np.ndarray
+    score_neg: np.ndarray
+    contingency: np.ndarray
+    gt_area: np.ndarray
+
+    COUNTS = ("known_inter", "known_union", "score_pos", "score_neg", "contingency", "gt_area")
+
+    def save(self, path: Path | str) -> None:
+        """Write a compressed ``.npz`` (plain arrays, no pickle) atomically."""
+        arrays = {name: getattr(self, name) for name in ("image_ids", *self.COUNTS)}
+        write_npz_atomic({**arrays, "n_known": np.int64(self.n_known), "open_world": np.bool_(self.open_world)}, path)
+
+    @classmethod
+    def load(cls, path: Path | str) -> OpenWorldImageStats:
+        """Read a file of :meth:`save`; a missing or damaged one is an InputError naming it."""
+        fields = ("image_ids", "n_known", "open_world", *cls.COUNTS)
+        arrays = read_npz(path, fields, "open-world per-image statistics")
+        flags = {"n_known": int(arrays["n_known"]), "open_world": bool(arrays["open_world"])}
+        return cls(**{**{f: arrays[f] for f in fields}, **flags})
+
+
 class OpenWorldAccumulator:
     """Accumulates every open-world metric image by image; :meth:`summarize` gives the
     results dict (schema in the module docstring and :func:`write_openworld_metrics`).
@@ -360,7 +412,8 @@ class OpenWorldAccumulator:
     ``score_bins`` None keeps every score (exact), an int uses :class:`BinnedScores`;
     ``similar_targets`` maps an unknown GT label to its most similar known class (the
     class-similarity lookup table); ``class_names`` (K + U names) keys the per-class
-    entries (default: the label as a string).
+    entries (default: the label as a string); ``image_bins`` (an int) also keeps each
+    update's counts with that many score bins (:meth:`image_stats`).
     """
 
     def __init__(
@@ -372,8 +425,11 @@ class OpenWorldAccumulator:
         score_bins: int | None = None,
         similar_targets: Mapping[int, int] | None = None,
         class_names: Sequence[str] | None = None,
+        image_bins: int | None = None,
     ) -> None:
         self.k, self.u, self.ignore = int(n_known), int(n_unknown), int(ignore_index)
+        self.image_bins = image_bins
+        self._images: list[dict[str, np.ndarray]] = []
         if self.k < 1 or self.u < 0 or 0 <= self.ignore < self.k + self.u:
             raise ValueError(f"bad label space: K={n_known}, U={n_unknown}, ignore_index={ignore_index}")
         self.names = [str(i) for i in range(self.k + self.u)] if class_names is None else list(class_names)
@@ -432,16 +488,46 @@ class OpenWorldAccumulator:
         self.n_images += 1
 
         valid = g != self.ignore
-        self.gt_area += np.bincount(g[valid], minlength=self.k + self.u)
-        self.confusion += known_confusion(semantic_pred, g, self.k)
+        gt_area = np.bincount(g[valid], minlength=self.k + self.u)
+        confusion = known_confusion(semantic_pred, g, self.k)
+        self.gt_area += gt_area
+        self.confusion += confusion
         labelled = valid & (g < self.k + self.u)
         self.scores.update(_numpy(unknown_score)[labelled], g[labelled] >= self.k)
+        contingency = np.zeros((0, self.k + self.u), np.int64)
         if openworld_pred is not None:
             ow = _numpy(openworld_pred).astype(np.int64)
             self.confusion_ow += known_confusion(ow, g, self.k)
-            self._add_contingency(discovered_contingency(ow, g, self.k, self.k + self.u))
+            contingency = discovered_contingency(ow, g, self.k, self.k + self.u)
+            self._add_contingency(contingency)
+        if self.image_bins is not None:
+            scores = BinnedScores(self.image_bins)
+            scores.update(_numpy(unknown_score)[labelled], g[labelled] >= self.k)
+            inter, union = intersection_union(confusion)
+            self._images.append({"known_inter": inter, "known_union": union, "score_pos": scores.pos,
+                                 "score_neg": scores.neg, "contingency": contingency, "gt_area": gt_area})
         if similar is not None and self.u:
             self._add_similarity(g, _numpy(similar).astype(np.int64), openworld_pred)
+
+    def image_stats(self, image_ids: Sequence[str] | None = None) -> OpenWorldImageStats:
+        """The per-update counts (needs ``image_bins``); ``image_ids`` default "0", "1", ..."""
+        if self.image_bins is None:
+            raise ValueError("per-image statistics need image_bins")
+        n, c = len(self._images), self.k + self.u
+        contingency = np.zeros((n, self.contingency.shape[0], c), np.int64)
+        for i, image in enumerate(self._images):
+            contingency[i, : image["contingency"].shape[0]] = image["contingency"]
+
+        def stack(name: str, width: int) -> np.ndarray:
+            return np.array([image[name] for image in self._images], dtype=np.int64).reshape(n, width)
+
+        ids = [str(i) for i in range(n)] if image_ids is None else list(image_ids)
+        return OpenWorldImageStats(
+            image_ids=np.array(ids, dtype=str), n_known=self.k, open_world=self._has_ow,
+            known_inter=stack("known_inter", self.k), known_union=stack("known_union", self.k),
+            score_pos=stack("score_pos", self.image_bins), score_neg=stack("score_neg", self.image_bins),
+            contingency=contingency, gt_area=stack("gt_area", c),
+        )
 
     def _add_contingency(self, part: np.ndarray) -> None:
         if part.shape[0] > self.contingency.shape[0]:

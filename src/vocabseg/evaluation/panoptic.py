@@ -52,6 +52,12 @@ fractions in [0, 1]):
 * ``semantic``: ``{"miou", "per_class"}``, semantic IoU computed from the same PNGs
   (see :mod:`vocabseg.evaluation.semantic`).
 
+Per-image statistics (:class:`PerImageStats`, from :func:`evaluate_panoptic_images`):
+the per-image, per-class TP, FP, FN, IoU sums and semantic intersection / union pixel
+counts whose sums over the images are the counts above. They are saved as a ``.npz``
+(no pickle) beside the metrics JSON, so that the bootstrap
+(:mod:`vocabseg.evaluation.bootstrap`) resamples images without reading a PNG again.
+
 Speed: per image both PNGs are decoded once (the plain PNGs that the project
 writes without Pillow, see :mod:`vocabseg.data.panoptic_png`), the pixels are cut
 into runs of one (GT id, predicted id) pair in raster order, the runs' segment ids
@@ -74,15 +80,18 @@ import numpy as np
 
 from vocabseg.errors import InputError
 from vocabseg.data.panoptic_png import DECODERS, read_panoptic_png
-from vocabseg.fileio import read_json, write_json_atomic
-from vocabseg.evaluation.semantic import confusion_from_histogram, semantic_metrics
+from vocabseg.fileio import read_json, read_npz, write_json_atomic, write_npz_atomic
+from vocabseg.evaluation.semantic import confusion_from_histogram, intersection_union, semantic_metrics
 
 __all__ = [
     "Categories",
     "Segments",
     "ImageTask",
     "ImageStats",
+    "PerImageStats",
     "evaluate_panoptic",
+    "evaluate_panoptic_images",
+    "group_members",
     "write_metrics",
     "accumulate",
     "summarize",
@@ -188,6 +197,75 @@ class ImageStats:
         self.fn += other.fn
         self.confusion += other.confusion
         return self
+
+
+@dataclass(frozen=True)
+class PerImageStats:
+    """Per-image, per-category counts of one evaluation (N images, K categories).
+
+    Attributes:
+        image_ids: (N,) str, GT annotation order.
+        category_ids: (K,) int64, GT JSON order.
+        groups: ``{group: (K,) bool}`` members of All, Things, Stuff (and In, Out
+            with a split), as :func:`group_members`.
+        iou: (N, K) float64 sum of the matched segments' IoU.
+        tp, fp, fn: (N, K) int64 segment counts.
+        sem_inter, sem_union: (N, K) int64 semantic pixel intersection and union
+            (see :func:`vocabseg.evaluation.semantic.intersection_union`).
+
+    Summing any count over images gives the count of that set of images, so a
+    resample of images (with repeats) is a weighted sum of rows.
+    """
+
+    image_ids: np.ndarray
+    category_ids: np.ndarray
+    groups: dict[str, np.ndarray]
+    iou: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+    fn: np.ndarray
+    sem_inter: np.ndarray
+    sem_union: np.ndarray
+
+    COUNTS = ("iou", "tp", "fp", "fn", "sem_inter", "sem_union")
+
+    @classmethod
+    def of_images(
+        cls, image_ids: Sequence[str], categories: Categories, groups: Mapping[str, Sequence[int]],
+        images: Sequence[ImageStats],
+    ) -> PerImageStats:
+        """Stack the :class:`ImageStats` of ``images`` (one per id of ``image_ids``)."""
+        k = len(categories.ids)
+        semantic = [intersection_union(s.confusion) for s in images]
+
+        def stack(rows: list[np.ndarray], dtype: type) -> np.ndarray:
+            return np.array(rows, dtype=dtype).reshape(len(images), k)
+
+        return cls(
+            image_ids=np.array(image_ids, dtype=str),
+            category_ids=np.array(categories.ids, dtype=np.int64),
+            groups={g: np.isin(categories.ids, list(m)) for g, m in groups.items()},
+            iou=stack([s.iou for s in images], np.float64),
+            tp=stack([s.tp for s in images], np.int64),
+            fp=stack([s.fp for s in images], np.int64),
+            fn=stack([s.fn for s in images], np.int64),
+            sem_inter=stack([i for i, _ in semantic], np.int64),
+            sem_union=stack([u for _, u in semantic], np.int64),
+        )
+
+    def save(self, path: Path) -> None:
+        """Write a compressed ``.npz`` (plain arrays, loadable without pickle) atomically."""
+        arrays = {name: getattr(self, name) for name in ("image_ids", "category_ids", *self.COUNTS)}
+        arrays.update({f"group_{g}": mask for g, mask in self.groups.items()})
+        write_npz_atomic(arrays, path)
+
+    @classmethod
+    def load(cls, path: Path) -> PerImageStats:
+        """Read a file of :meth:`save`; a missing or damaged one is an InputError naming it."""
+        fields = ("image_ids", "category_ids", *cls.COUNTS)
+        arrays = read_npz(path, fields, "per-image statistics")
+        groups = {n.removeprefix("group_"): arrays[n] for n in arrays if n.startswith("group_")}
+        return cls(groups=groups, **{f: arrays[f] for f in fields})
 
 
 # --------------------------------------------------------------------------- per image
@@ -482,12 +560,20 @@ def _image_stats(
 
 
 def accumulate(
-    tasks: Sequence[ImageTask], n_categories: int, *, threads: int = 1, decoder: str = "auto"
+    tasks: Sequence[ImageTask],
+    n_categories: int,
+    *,
+    threads: int = 1,
+    decoder: str = "auto",
+    per_image: list[ImageStats] | None = None,
 ) -> ImageStats:
-    """Sum the per-image stats of ``tasks`` (in task order, whatever ``threads``)."""
+    """Sum the per-image stats of ``tasks`` (in task order, whatever ``threads``);
+    each image's own stats are appended to ``per_image`` when it is a list."""
     total = ImageStats.zeros(n_categories)
     for stats in _image_stats(tasks, n_categories, threads, decoder):
         total += stats
+        if per_image is not None:
+            per_image.append(stats)
     return total
 
 
@@ -525,6 +611,19 @@ def _split_members(split: Mapping, key: str, categories: Categories) -> list[int
     return [c for c in categories.ids if c in wanted]
 
 
+def group_members(categories: Categories, split: Mapping | None = None) -> dict[str, list[int]]:
+    """Category ids (GT order) of each group: All, Things, Stuff, and In / Out of a split."""
+    groups = {
+        "All": list(categories.ids),
+        "Things": [c for c, t in zip(categories.ids, categories.isthing) if t],
+        "Stuff": [c for c, t in zip(categories.ids, categories.isthing) if not t],
+    }
+    if split is not None:
+        groups["In"] = _split_members(split, "in_ids", categories)
+        groups["Out"] = _split_members(split, "out_ids", categories)
+    return groups
+
+
 def summarize(total: ImageStats, categories: Categories, split: Mapping | None = None) -> dict:
     """The results dict (see the module docstring) from accumulated stats."""
     per_class, present = {}, {}
@@ -532,26 +631,24 @@ def summarize(total: ImageStats, categories: Categories, split: Mapping | None =
         iou, tp, fp, fn = float(total.iou[k]), int(total.tp[k]), int(total.fp[k]), int(total.fn[k])
         per_class[cat_id] = _class_metrics(iou, tp, fp, fn)
         present[cat_id] = tp + fp + fn > 0
-    things = [c for c, t in zip(categories.ids, categories.isthing) if t]
-    stuff = [c for c, t in zip(categories.ids, categories.isthing) if not t]
     results = {
-        "All": _group_average(per_class, present, categories.ids),
-        "Things": _group_average(per_class, present, things),
-        "Stuff": _group_average(per_class, present, stuff),
-        "per_class": {str(c): per_class[c] for c in categories.ids},
-        "semantic": semantic_metrics(total.confusion, categories.ids),
+        group: _group_average(per_class, present, members)
+        for group, members in group_members(categories, split).items()
     }
-    if split is not None:
-        results["In"] = _group_average(
-            per_class, present, _split_members(split, "in_ids", categories)
-        )
-        results["Out"] = _group_average(
-            per_class, present, _split_members(split, "out_ids", categories)
-        )
+    results["per_class"] = {str(c): per_class[c] for c in categories.ids}
+    results["semantic"] = semantic_metrics(total.confusion, categories.ids)
     return results
 
 
-def evaluate_panoptic(
+def evaluate_panoptic(gt_json: Path, gt_folder: Path, pred_json: Path, pred_folder: Path, **options) -> dict:
+    """Evaluate COCO-panoptic predictions against GT; returns the results dict.
+
+    ``options`` (``split``, ``threads``, ``decoder``) as :func:`evaluate_panoptic_images`.
+    """
+    return evaluate_panoptic_images(gt_json, gt_folder, pred_json, pred_folder, **options)[0]
+
+
+def evaluate_panoptic_images(
     gt_json: Path,
     gt_folder: Path,
     pred_json: Path,
@@ -560,8 +657,9 @@ def evaluate_panoptic(
     split: Mapping | None = None,
     threads: int = 1,
     decoder: str = "auto",
-) -> dict:
-    """Evaluate COCO-panoptic predictions against GT; returns the results dict.
+) -> tuple[dict, PerImageStats]:
+    """Evaluate COCO-panoptic predictions against GT: the results dict and the
+    :class:`PerImageStats` its sums come from.
 
     ``split`` is the content of a ``split.json`` (adds the ``In`` and ``Out`` groups);
     ``threads`` is the maximum number of worker processes (1: no pool); ``decoder``
@@ -585,8 +683,12 @@ def evaluate_panoptic(
     except (KeyError, TypeError) as exc:
         raise InputError(f"{gt_json}: malformed 'categories' entry (missing {exc})") from None
     tasks = build_tasks(gt, gt_json, gt_folder, pred, pred_json, pred_folder)
-    total = accumulate(tasks, len(categories.ids), threads=threads, decoder=decoder)
-    return summarize(total, categories, split)
+    images: list[ImageStats] = []
+    total = accumulate(tasks, len(categories.ids), threads=threads, decoder=decoder, per_image=images)
+    per_image = PerImageStats.of_images(
+        [t.image_id for t in tasks], categories, group_members(categories, split), images
+    )
+    return summarize(total, categories, split), per_image
 
 
 def _require_lists(data: object, keys: Sequence[str], source: Path) -> None:

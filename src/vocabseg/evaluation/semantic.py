@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["confusion_from_histogram", "semantic_metrics"]
+__all__ = ["confusion_from_histogram", "intersection_union", "semantic_metrics"]
 
 
 def confusion_from_histogram(
@@ -38,19 +38,29 @@ def confusion_from_histogram(
     return counts.astype(np.int64).reshape(n_categories, width)
 
 
+def intersection_union(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class pixel intersection ``TP`` and union ``TP + FP + FN`` of a confusion.
+
+    ``confusion`` is (K, K + 1) int64 (see :func:`confusion_from_histogram`); returns
+    two (K,) int64 arrays. Both are sums over pixels, so the counts of several images
+    add up to the counts of their union: the bootstrap resamples them per image.
+    """
+    k = confusion.shape[0]
+    tp = np.diag(confusion[:, :k]).astype(np.int64)
+    fn = confusion.sum(axis=1) - tp  # includes GT pixels predicted as VOID
+    fp = confusion[:, :k].sum(axis=0) - tp
+    return tp, tp + fp + fn
+
+
 def semantic_metrics(confusion: np.ndarray, category_ids: Sequence[int]) -> dict:
     """IoU per class and mIoU from a (K, K + 1) int64 confusion matrix.
 
     Returns ``{"miou": float | None, "per_class": {str(category id): float | None}}``.
     """
-    k = len(category_ids)
-    tp = np.diag(confusion[:, :k]).astype(np.int64)
-    fn = confusion.sum(axis=1) - tp  # includes GT pixels predicted as VOID
-    fp = confusion[:, :k].sum(axis=0) - tp
+    inter, union = intersection_union(confusion)
     per_class: dict[str, float | None] = {}
     present = []
-    for cat_id, t, p, n in zip(category_ids, tp.tolist(), fp.tolist(), fn.tolist()):
-        denominator = t + p + n
+    for cat_id, t, denominator in zip(category_ids, inter.tolist(), union.tolist()):
         iou = t / denominator if denominator > 0 else None
         per_class[str(cat_id)] = iou
         if iou is not None:

@@ -9,6 +9,13 @@ without any class (``n == 0``) prints as ``-``. The CSV holds the same rows with
 every column (``label`` and ``kind`` included), the figures are the PQ bar chart
 and, optionally, the In/Out trade-off plot.
 
+With per-image statistics (``--images``, the ``.npz`` files of ``vocabseg
+evaluate-panoptic``), every metric cell of the main table also shows its bootstrap
+interval, ``value [lo, hi]``, and a mark per reference row whose paired difference
+excludes 0 (:mod:`vocabseg.evaluation.bootstrap`; ``docs/uncertainty.md``). The CSV
+then has, for each metric column C, ``C lo`` and ``C hi`` and, for each reference r,
+``C vs r`` (the difference on all images) with ``C vs r lo`` and ``C vs r hi``.
+
 A second table (open-world semantic segmentation, seed 003) follows when metrics files
 of ``vocabseg contmav-eval`` are given: one row per ContMAV variant with known-class
 mIoU, AUPR, FPR95 and AUROC of the unknown score and the open-world mIoU of the
@@ -24,13 +31,26 @@ import pandas as pd
 
 from vocabseg.data.labels import EVAL_LABELS
 from vocabseg.errors import InputError
-from vocabseg.evaluation.openworld import openworld_table_row
+from vocabseg.evaluation.bootstrap import BootstrapSettings, bootstrap_rows
+from vocabseg.evaluation.openworld import OpenWorldImageStats, openworld_table_row
+from vocabseg.evaluation.panoptic import PerImageStats
 from vocabseg.fileio import read_json, write_text_atomic
 from vocabseg.report.figures import plot_pq_bars, plot_tradeoff
 
-__all__ = ["load_metrics", "results_frame", "openworld_frame", "write_report"]
+__all__ = ["load_metrics", "results_frame", "interval_columns", "interval_cells", "openworld_frame", "write_report"]
 
 _FACTS = ("study", "dataset", "backbone", "vocab", "iterations")
+#: metric columns of the main table -> metric of the bootstrap (a path into the metrics JSON)
+METRIC_COLUMNS = {
+    "PQ": "All/pq", "PQ In": "In/pq", "PQ Out": "Out/pq", "SQ": "All/sq", "RQ": "All/rq", "mIoU": "semantic/miou",
+}
+#: metric columns of the open-world table -> metric of the bootstrap
+OPENWORLD_COLUMNS = {
+    "mIoU known": "known/miou", "AUPR": "anomaly/aupr", "FPR95": "anomaly/fpr95", "AUROC": "anomaly/auroc",
+    "OW mIoU": "open_world/miou",
+}
+#: the mark of a significant paired difference to the 1st, 2nd, ... reference row
+MARKS = ("*", "†", "‡", "§")
 
 
 def load_metrics(path: Path) -> dict:
@@ -74,6 +94,94 @@ def results_frame(metrics_files: Sequence[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*columns, *(f"pq/{lb.name}" for lb in EVAL_LABELS)])
 
 
+def interval_columns(
+    frame: pd.DataFrame, boot: pd.DataFrame, references: Sequence[str], metric_columns: dict = METRIC_COLUMNS
+) -> pd.DataFrame:
+    """``frame`` with the bootstrap columns of every metric column C, all x100:
+    ``C lo``, ``C hi`` and, per reference r, ``C vs r``, ``C vs r lo``, ``C vs r hi``.
+
+    ``boot`` is the long frame of :func:`vocabseg.evaluation.bootstrap.bootstrap_rows`;
+    ``metric_columns`` maps the frame's columns to its metrics.
+    """
+    indexed = boot.set_index(["approach", "metric", "reference"])
+    columns: dict[str, list] = {}
+    for column, metric in metric_columns.items():
+        keys = [("", ("lo", "hi"), f"{column} ")]
+        keys += [(r, ("estimate", "lo", "hi"), f"{column} vs {r} ") for r in references]
+        for reference, fields, prefix in keys:
+            for field in fields:
+                name = (prefix + ("" if field == "estimate" else field)).strip()
+                columns[name] = [
+                    _x100_of(indexed, (approach, metric, reference), field) for approach in frame["approach"]
+                ]
+    return frame.assign(**columns)
+
+
+def _x100_of(indexed: pd.DataFrame, key: tuple[str, str, str], field: str) -> float | None:
+    if key not in indexed.index:
+        return None
+    value = indexed.at[key, field]
+    return None if pd.isna(value) else round(100.0 * float(value), 3)
+
+
+def interval_cells(
+    frame: pd.DataFrame, references: Sequence[str], metric_columns: dict = METRIC_COLUMNS
+) -> pd.DataFrame:
+    """Metric columns as Markdown cells ``value [lo, hi]`` plus the marks of the
+    references whose paired difference interval excludes 0 (see :data:`MARKS`)."""
+    cells = {}
+    for column in metric_columns:
+        cells[column] = [_interval_cell(row, column, references) for _, row in frame.iterrows()]
+    return frame.assign(**cells)
+
+
+def _interval_cell(row: pd.Series, column: str, references: Sequence[str]) -> str:
+    value, lo, hi = row[column], row.get(f"{column} lo"), row.get(f"{column} hi")
+    if value is None or pd.isna(value):
+        return "-"
+    text = f"{value:.3f}"
+    if lo is not None and hi is not None and not (pd.isna(lo) or pd.isna(hi)):
+        text += f" [{lo:.1f}, {hi:.1f}]"
+    return text + "".join(mark for mark, r in zip(MARKS, references) if _excludes_zero(row, f"{column} vs {r}"))
+
+
+def _excludes_zero(row: pd.Series, prefix: str) -> bool:
+    lo, hi = row.get(f"{prefix} lo"), row.get(f"{prefix} hi")
+    if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+        return False
+    return lo > 0 or hi < 0
+
+
+def _with_intervals(
+    frame: pd.DataFrame, stats_files: Sequence[Path], references: Sequence[str], settings: BootstrapSettings,
+    metric_columns: dict, load=PerImageStats.load,
+) -> tuple[pd.DataFrame, str]:
+    """``frame`` with :func:`interval_columns` from the per-image statistics files (one
+    per row, loaded by ``load``) and the legend sentence; unchanged and "" without files."""
+    if not stats_files:
+        return frame, ""
+    if len(stats_files) != len(frame):
+        raise InputError(f"{len(stats_files)} per-image statistics files for {len(frame)} table rows")
+    if len(references) > len(MARKS):
+        raise InputError(f"at most {len(MARKS)} reference rows can be marked, got {list(references)}")
+    stats = {name: load(path) for name, path in zip(frame["approach"], stats_files)}
+    boot = bootstrap_rows(stats, references, settings)
+    n_images = next(iter(stats.values())).image_ids.size
+    return interval_columns(frame, boot, references, metric_columns), " " + _interval_legend(n_images, references, settings)
+
+
+def _interval_legend(n_images: int, references: Sequence[str], settings: BootstrapSettings) -> str:
+    level = f"{100 * settings.level:g} %"
+    text = (
+        f"[lo, hi]: {level} bootstrap interval over the {n_images} validation images "
+        f"({settings.resamples} resamples, seed {settings.seed}; image sampling only, not training noise)."
+    )
+    if references:
+        marks = ", ".join(f"{m} {r}" for m, r in zip(MARKS, references))
+        text += f" Marks: the paired {level} interval of the difference to that row excludes 0 ({marks})."
+    return text
+
+
 def openworld_frame(metrics_files: Sequence[Path]) -> pd.DataFrame:
     """One row per ``contmav-eval`` metrics file (see :func:`openworld_table_row`),
     plus the run facts dataset and unknown classes."""
@@ -113,11 +221,21 @@ def write_report(
     title: str,
     tradeoff_png: Path | None = None,
     openworld_files: Sequence[Path] = (),
+    image_stats: Sequence[Path] = (),
+    references: Sequence[str] = (),
+    bootstrap: BootstrapSettings = BootstrapSettings(),
+    openworld_image_stats: Sequence[Path] = (),
+    openworld_references: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Write the Markdown table, the CSV, the PQ bar chart and (if a path is given)
     the In/Out trade-off plot; return the frame. ``openworld_files`` (ContMAV metrics)
-    add the open-world table to the Markdown and ``<table_csv stem>_openworld.csv``."""
-    frame = results_frame(metrics_files)
+    add the open-world table to the Markdown and ``<table_csv stem>_openworld.csv``.
+    ``image_stats`` (one per metrics file) add bootstrap intervals and paired
+    comparisons with the ``references`` rows (at most four); ``openworld_image_stats``
+    and ``openworld_references`` do the same for the open-world table."""
+    frame, legend = _with_intervals(
+        results_frame(metrics_files), image_stats, references, bootstrap, METRIC_COLUMNS
+    )
     main = ["approach", "seed row", "PQ", "PQ In", "PQ Out", "SQ", "RQ", "mIoU", *_FACTS, "eval vocab"]
     per_class = ["approach", *[f"pq/{lb.name}" for lb in EVAL_LABELS]]
     eval_vocab = frame["eval vocab"].iloc[0] if len(frame) else ""
@@ -128,21 +246,26 @@ def write_report(
             f"# {title}",
             "PQ, SQ, RQ and mIoU x100 on the validation set (all 19 classes). "
             f"In / Out: the in- and out-of-vocabulary classes of configuration {eval_vocab}. "
-            "Seed row: the row of the seed's results table the approach reproduces.",
-            _markdown(frame.rename(columns={"label": "seed row"}), main),
+            "Seed row: the row of the seed's results table the approach reproduces." + legend,
+            _markdown(interval_cells(frame, references).rename(columns={"label": "seed row"}), main),
             "## Per-class PQ",
             _markdown(frame.rename(columns=lambda c: c.removeprefix("pq/")), [c.removeprefix("pq/") for c in per_class]),
         ]
     )
     if openworld_files:
         ow = openworld_frame(openworld_files)
+        shown = list(ow.columns)
+        ow, ow_legend = _with_intervals(
+            ow, openworld_image_stats, openworld_references, bootstrap, OPENWORLD_COLUMNS, OpenWorldImageStats.load
+        )
         text += "\n\n" + "\n\n".join(
             [
                 "## Open-world segmentation (ContMAV)",
                 "Known: mIoU x100 over the known classes. AUPR, FPR95 (at 95 % TPR) and AUROC x100 of the "
                 "unknown score, positives = pixels of the unknown classes, void ignored. OW mIoU: the "
-                "discovered classes against their best-matching ground-truth class.",
-                _markdown(ow, list(ow.columns)),
+                "discovered classes against their best-matching ground-truth class." + ow_legend
+                + (" Intervals of AUPR, FPR95 and AUROC use the per-image score histograms." if ow_legend else ""),
+                _markdown(interval_cells(ow, openworld_references, OPENWORLD_COLUMNS), shown),
             ]
         )
         ow_csv = Path(table_csv).with_name(Path(table_csv).stem + "_openworld.csv")

@@ -1,0 +1,336 @@
+"""Tests of vocabseg.evaluation.bootstrap: per-image statistics, resampled metrics equal
+to the evaluator on the resampled image list, paired intervals, and the table's
+intervals and marks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from vocabseg.cli import main
+from vocabseg.data.labels import EVAL_LABELS, STUFF_IDS, THING_IDS
+from vocabseg.errors import InputError
+from vocabseg.evaluation import panoptic as pan
+from vocabseg.evaluation.bootstrap import (
+    METRICS,
+    BootstrapSettings,
+    bootstrap_rows,
+    percentile_interval,
+    percentile_intervals,
+    resample_counts,
+    resampled_metrics,
+)
+from vocabseg.evaluation.synthetic import write_dataset
+from vocabseg.fileio import read_json
+from vocabseg.report.table import write_report
+
+TOL = 1e-12
+SPLIT = {"in_ids": list(STUFF_IDS), "out_ids": list(THING_IDS)}
+
+
+def json_metric(results: dict, metric: str) -> float:
+    """A metric of :data:`METRICS` from an evaluator result dict; None -> NaN."""
+    group, key = metric.split("/")
+    value = results[group][key]
+    return math.nan if value is None else value
+
+
+def assert_metrics_equal(results: dict, resampled: dict, b: int, metrics=METRICS) -> None:
+    for metric in metrics:
+        want, got = json_metric(results, metric), resampled[metric][b]
+        assert (math.isnan(want) and math.isnan(got)) or abs(want - got) <= TOL, (metric, want, got)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Five 64x128 GT/prediction pairs (one prediction VOID only) and their per-image stats."""
+    ds = write_dataset(tmp_path_factory.mktemp("boot") / "data", n_images=5, seed=5, empty_images=1)
+    results, per_image = pan.evaluate_panoptic_images(
+        ds.gt_json, ds.gt_folder, ds.pred_json, ds.pred_folder, split=SPLIT
+    )
+    return ds, results, per_image
+
+
+# --------------------------------------------------------------------------- per-image statistics
+
+
+def test_per_image_stats_sum_to_the_evaluated_totals(dataset):
+    ds, results, per_image = dataset
+    assert per_image.image_ids.tolist() == [a["image_id"] for a in read_json(ds.gt_json)["annotations"]]
+    assert set(per_image.groups) == {"All", "Things", "Stuff", "In", "Out"}
+    assert per_image.groups["Out"].sum() == 8 and per_image.groups["In"].sum() == 11
+    assert_metrics_equal(results, resampled_metrics(per_image, np.ones((1, 5))), 0)
+
+
+def test_per_image_stats_round_trip_without_pickle(dataset, tmp_path):
+    _, _, per_image = dataset
+    per_image.save(tmp_path / "a.images.npz")
+    with np.load(tmp_path / "a.images.npz", allow_pickle=False) as data:
+        assert data["tp"].shape == (5, 19) and data["image_ids"].dtype.kind == "U"
+    loaded = pan.PerImageStats.load(tmp_path / "a.images.npz")
+    for name in ("image_ids", "category_ids", *pan.PerImageStats.COUNTS):
+        assert np.array_equal(getattr(loaded, name), getattr(per_image, name)), name
+    assert all(np.array_equal(loaded.groups[g], m) for g, m in per_image.groups.items())
+    (tmp_path / "bad.images.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(InputError, match="bad.images.npz"):
+        pan.PerImageStats.load(tmp_path / "bad.images.npz")
+
+
+def test_evaluate_command_writes_the_per_image_stats(dataset, tmp_path):
+    ds, results, per_image = dataset
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps(SPLIT))
+    args = ["evaluate-panoptic", "--gt-json", str(ds.gt_json), "--gt-folder", str(ds.gt_folder),
+            "--pred-json", str(ds.pred_json), "--pred-folder", str(ds.pred_folder), "--split", str(split),
+            "--out", str(tmp_path / "m.json"), "--images-out", str(tmp_path / "m.images.npz")]
+    assert main(args) == 0
+    assert np.array_equal(pan.PerImageStats.load(tmp_path / "m.images.npz").iou, per_image.iou)
+    assert read_json(tmp_path / "m.json")["All"] == results["All"]
+
+
+# --------------------------------------------------------------------------- exactness
+
+
+def test_resamples_equal_the_evaluator_on_the_resampled_image_list(dataset, tmp_path):
+    """Each resample's metrics equal evaluating a GT set in which image i appears c_i times."""
+    ds, _, per_image = dataset
+    counts = resample_counts(5, 4, seed=7)
+    assert (counts > 1).any() and (counts == 0).any()  # repeated and left-out images are exercised
+    resampled = resampled_metrics(per_image, counts)
+    gt = read_json(ds.gt_json)
+    for b, row in enumerate(counts.astype(int)):
+        repeated = [ann for ann, c in zip(gt["annotations"], row) for _ in range(c)]
+        gt_json = tmp_path / f"gt_resample_{b}.json"
+        gt_json.write_text(json.dumps({**gt, "annotations": repeated}))
+        results = pan.evaluate_panoptic(gt_json, ds.gt_folder, ds.pred_json, ds.pred_folder, split=SPLIT)
+        assert_metrics_equal(results, resampled, b)
+
+
+def random_stats(rng, n_images: int, k: int, isthing: np.ndarray) -> pan.PerImageStats:
+    """Sparse random per-image counts: many classes absent from many images."""
+    shape = (n_images, k)
+    present = rng.random(shape) < 0.3
+    tp = rng.integers(0, 4, shape) * present
+    return pan.PerImageStats(
+        image_ids=np.array([f"im{i}" for i in range(n_images)]),
+        category_ids=np.arange(k, dtype=np.int64),
+        groups={"All": np.ones(k, bool), "Things": isthing, "Stuff": ~isthing,
+                "In": np.arange(k) < 3, "Out": np.arange(k) >= 3},
+        iou=tp * rng.uniform(0.5, 1.0, shape),
+        tp=tp, fp=rng.integers(0, 3, shape) * present, fn=rng.integers(0, 3, shape) * present,
+        sem_inter=rng.integers(0, 50, shape) * present, sem_union=rng.integers(50, 90, shape) * present,
+    )
+
+
+def test_group_rules_follow_the_evaluator_including_absent_classes_and_empty_groups():
+    """Against ``summarize`` on the summed counts: absent classes are left out of the
+    means and a group without any class is null, resample by resample."""
+    rng = np.random.default_rng(3)
+    k = 6
+    isthing = np.array([False, False, False, True, True, True])
+    stats = random_stats(rng, 4, k, isthing)
+    categories = pan.Categories(tuple(range(k)), tuple(bool(t) for t in isthing))
+    split = {"in_ids": [0, 1, 2], "out_ids": [3, 4, 5]}
+    counts = resample_counts(4, 200, seed=1)
+    resampled = resampled_metrics(stats, counts)
+    empty_groups = 0
+    for b, row in enumerate(counts):
+        total = pan.ImageStats.zeros(k)
+        for i, c in enumerate(row.astype(int)):
+            for _ in range(c):
+                confusion = np.zeros((k, k + 1), np.int64)
+                np.fill_diagonal(confusion, stats.sem_inter[i])
+                confusion[:, k] = stats.sem_union[i] - stats.sem_inter[i]
+                total += pan.ImageStats(stats.iou[i].copy(), stats.tp[i].copy(), stats.fp[i].copy(),
+                                        stats.fn[i].copy(), confusion)
+        results = pan.summarize(total, categories, split)
+        assert_metrics_equal(results, resampled, b)
+        empty_groups += results["Things"]["n"] == 0 or results["Stuff"]["n"] == 0
+    assert empty_groups > 0  # the data do produce resamples with an empty group
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def test_resampling_is_seeded_and_draws_n_images_each_time():
+    a, b = resample_counts(30, 50, seed=4), resample_counts(30, 50, seed=4)
+    assert np.array_equal(a, b) and not np.array_equal(a, resample_counts(30, 50, seed=5))
+    assert (a.sum(axis=1) == 30).all()
+
+
+def test_percentile_intervals_are_numpys_percentiles_of_the_finite_values():
+    rng = np.random.default_rng(8)
+    samples = rng.normal(size=(30, 97))
+    samples[rng.random(samples.shape) < 0.2] = np.nan
+    samples[0] = np.nan
+    samples[1, 1:] = np.nan  # a single finite value
+    got = percentile_intervals(samples, 0.9)
+    assert np.isnan(got[0]).all()
+    for row, (lo, hi) in zip(samples[1:], got[1:]):
+        want = np.percentile(row[~np.isnan(row)], [5.0, 95.0])
+        assert abs(lo - want[0]) <= TOL and abs(hi - want[1]) <= TOL
+    assert percentile_interval(np.array([np.nan, *range(101)], dtype=float)) == pytest.approx((2.5, 97.5))
+
+
+def test_paired_interval_of_a_row_against_itself_is_exactly_zero(dataset):
+    _, _, per_image = dataset
+    boot = bootstrap_rows({"a": per_image, "b": per_image}, ["a"], BootstrapSettings(resamples=200, seed=2))
+    paired = boot[boot["reference"] == "a"]
+    assert len(paired) == 2 * 16
+    finite = paired.dropna(subset=["lo"])
+    assert (finite[["estimate", "lo", "hi"]] == 0.0).all().all() and len(finite) == 2 * 16
+    own = boot[boot["reference"] == ""].set_index(["approach", "metric"])
+    assert (own.loc["a"] == own.loc["b"]).all().all()
+    assert (own["lo"] <= own["estimate"]).all() and (own["estimate"] <= own["hi"]).all()
+
+
+def test_rows_over_different_images_are_refused(dataset):
+    _, _, per_image = dataset
+    other = pan.PerImageStats(**{**per_image.__dict__, "image_ids": per_image.image_ids[::-1]})
+    with pytest.raises(InputError, match="different images"):
+        bootstrap_rows({"a": per_image, "b": other})
+    with pytest.raises(InputError, match="not rows"):
+        bootstrap_rows({"a": per_image}, ["zeroshot"])
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def _row_files(tmp_path, name: str, stats: pan.PerImageStats):
+    """Metrics JSON (by the evaluator's summarize) and per-image stats of one table row."""
+    k = stats.category_ids.size
+    total = pan.ImageStats(stats.iou.sum(0), stats.tp.sum(0), stats.fp.sum(0), stats.fn.sum(0),
+                           np.zeros((k, k + 1), np.int64))
+    np.fill_diagonal(total.confusion, stats.sem_inter.sum(0))
+    total.confusion[:, k] = stats.sem_union.sum(0) - stats.sem_inter.sum(0)
+    categories = pan.Categories(tuple(int(c) for c in stats.category_ids),
+                                tuple(lb.id in THING_IDS for lb in EVAL_LABELS))
+    metrics = pan.summarize(total, categories, SPLIT)
+    metrics["run"] = {"approach": name, "kind": "zeroshot" if name == "zeroshot" else "finetune",
+                      "vocab": "008", "eval_vocab": "008"}
+    json_path, npz_path = tmp_path / f"{name}.json", tmp_path / f"{name}.images.npz"
+    json_path.write_text(json.dumps(metrics))
+    stats.save(npz_path)
+    return json_path, npz_path
+
+
+def _scaled(stats: pan.PerImageStats, quality: float) -> pan.PerImageStats:
+    """The same images with a share ``quality`` of the matches kept (the rest become FN + FP)."""
+    tp = np.floor(stats.tp * quality).astype(np.int64)
+    lost = stats.tp - tp
+    return pan.PerImageStats(**{**stats.__dict__, "tp": tp, "iou": stats.iou * np.divide(
+        tp, stats.tp, out=np.zeros(tp.shape), where=stats.tp > 0), "fp": stats.fp + lost, "fn": stats.fn + lost,
+        "sem_inter": np.floor(stats.sem_inter * quality).astype(np.int64)})
+
+
+def test_table_shows_intervals_and_marks_significant_paired_differences(tmp_path):
+    rng = np.random.default_rng(0)
+    ids = [lb.id for lb in EVAL_LABELS]
+    isthing = np.array([i in THING_IDS for i in ids])
+    base = random_stats(rng, 60, 19, isthing)
+    base = pan.PerImageStats(**{**base.__dict__, "category_ids": np.array(ids), "groups": {
+        "All": np.ones(19, bool), "Things": isthing, "Stuff": ~isthing, "In": ~isthing, "Out": isthing}})
+    base = pan.PerImageStats(**{**base.__dict__, "tp": base.tp + 3 * (base.sem_union > 0),
+                                "iou": base.iou + 2.4 * (base.sem_union > 0)})
+    rows = {"zeroshot": _scaled(base, 0.5), "good": base, "same": _scaled(base, 0.5)}
+    files = [_row_files(tmp_path, name, s) for name, s in rows.items()]
+    md, table_csv = tmp_path / "t.md", tmp_path / "t.csv"
+    frame = write_report([j for j, _ in files], md, table_csv, tmp_path / "b.png", "T",
+                         tradeoff_png=tmp_path / "to.png", image_stats=[n for _, n in files],
+                         references=["zeroshot"], bootstrap=BootstrapSettings(resamples=300, seed=0))
+    text = md.read_text()
+    assert "95 % bootstrap interval over the 60 validation images (300 resamples, seed 0" in text
+    assert "Marks: the paired 95 % interval of the difference to that row excludes 0 (* zeroshot)" in text
+    good, same = frame.set_index("approach").loc["good"], frame.set_index("approach").loc["same"]
+    assert good["PQ vs zeroshot lo"] > 0 and same["PQ vs zeroshot lo"] == same["PQ vs zeroshot hi"] == 0
+    cell = f"{good['PQ']:.3f} [{good['PQ lo']:.1f}, {good['PQ hi']:.1f}]*"
+    assert f"| good | - | {cell} |" in text
+    assert f"| same | - | {same['PQ']:.3f} [{same['PQ lo']:.1f}, {same['PQ hi']:.1f}] |" in text
+    header = next(csv.reader(table_csv.open()))
+    for column in ("PQ lo", "PQ hi", "PQ vs zeroshot", "PQ vs zeroshot lo", "mIoU vs zeroshot hi", "PQ Out hi"):
+        assert column in header
+    assert (tmp_path / "to.png").stat().st_size > 0
+
+
+def test_report_command_takes_the_uncertainty_options(dataset, tmp_path):
+    ds, results, per_image = dataset
+    results = {**results, "run": {"approach": "a"}}
+    (tmp_path / "a.json").write_text(json.dumps(results))
+    per_image.save(tmp_path / "a.images.npz")
+    out = ["--table-md", str(tmp_path / "t.md"), "--table-csv", str(tmp_path / "t.csv"), "--bars", str(tmp_path / "b.png")]
+    args = ["report", "--metrics", str(tmp_path / "a.json"), *out, "--images", str(tmp_path / "a.images.npz"),
+            "--resamples", "50", "--seed", "3", "--references", "a"]
+    assert main(args) == 0
+    assert "(50 resamples, seed 3" in (tmp_path / "t.md").read_text()
+    assert main([*args[:3], str(tmp_path / "a.json"), *args[3:]]) == 1  # two metrics, one npz
+
+
+# --------------------------------------------------------------------------- open-world rows
+
+
+def openworld_images(rng, n_images: int, k: int = 3, u: int = 2, shape=(12, 16)):
+    """Random per-image arrays of an open-world evaluation (void, unknown and discovered pixels)."""
+    images = []
+    for _ in range(n_images):
+        gt = rng.integers(0, k + u, shape)
+        gt[rng.random(shape) < 0.1] = 255
+        images.append({
+            "gt": gt,
+            "semantic_pred": rng.integers(0, k, shape),
+            "unknown_score": np.round(np.clip(rng.normal(0.3 + 0.4 * (gt >= k) * (gt != 255), 0.2), 0, 1), 2),
+            "openworld_pred": np.where(rng.random(shape) < 0.3, k + rng.integers(0, 3, shape), rng.integers(0, k, shape)),
+        })
+    return images
+
+
+def test_openworld_resamples_equal_the_accumulator_on_the_resampled_image_list():
+    from vocabseg.evaluation.bootstrap import OPENWORLD_METRICS
+    from vocabseg.evaluation.openworld import OpenWorldAccumulator
+
+    rng = np.random.default_rng(6)
+    images = openworld_images(rng, 6)
+    acc = OpenWorldAccumulator(3, 2, image_bins=64)
+    for image in images:
+        acc.update(image["gt"], **{key: v for key, v in image.items() if key != "gt"})
+    stats = acc.image_stats()
+    counts = resample_counts(6, 5, seed=2)
+    assert (counts > 1).any()
+    resampled = resampled_metrics(stats, np.vstack([np.ones(6), counts]))
+    for b, row in enumerate([np.ones(6, int), *counts.astype(int)]):
+        again = OpenWorldAccumulator(3, 2, score_bins=64)  # the binned curves of the same scores
+        for image, c in zip(images, row):
+            for _ in range(c):
+                again.update(image["gt"], **{key: v for key, v in image.items() if key != "gt"})
+        assert_metrics_equal(again.summarize(), resampled, b, OPENWORLD_METRICS)
+
+
+def test_openworld_stats_round_trip_and_enter_the_table(tmp_path):
+    from vocabseg.evaluation.openworld import OpenWorldAccumulator, OpenWorldImageStats, write_openworld_metrics
+
+    rng = np.random.default_rng(1)
+    images = openworld_images(rng, 12)
+    files = []
+    for name, noise in (("contmav", 0.0), ("contmav_focal", 0.5)):
+        acc = OpenWorldAccumulator(3, 2, image_bins=32)
+        for image in images:
+            score = np.clip(image["unknown_score"] + noise * rng.random(image["gt"].shape), 0, 1)
+            acc.update(image["gt"], **{**{key: v for key, v in image.items() if key != "gt"}, "unknown_score": score})
+        write_openworld_metrics(acc.summarize(), tmp_path / f"{name}.json", run={"approach": name})
+        acc.image_stats().save(tmp_path / f"{name}.images.npz")
+        files.append((tmp_path / f"{name}.json", tmp_path / f"{name}.images.npz"))
+    loaded = OpenWorldImageStats.load(files[0][1])
+    assert loaded.n_known == 3 and loaded.open_world and loaded.score_pos.shape == (12, 32)
+    md, table_csv = tmp_path / "t.md", tmp_path / "t.csv"
+    write_report([], md, table_csv, tmp_path / "b.png", "T", openworld_files=[j for j, _ in files],
+                 openworld_image_stats=[n for _, n in files], openworld_references=["contmav"],
+                 bootstrap=BootstrapSettings(resamples=200))
+    text = md.read_text()
+    assert "| contmav_focal |" in text and "AUROC" in text
+    row = next(line for line in text.splitlines() if line.startswith("| contmav_focal |"))
+    assert row.count("[") == 5  # every metric has its interval
+    header = next(csv.reader((tmp_path / "t_openworld.csv").open()))
+    assert {"AUROC lo", "AUROC hi", "AUROC vs contmav lo", "OW mIoU vs contmav hi"} <= set(header)
