@@ -101,12 +101,21 @@ def test_resamples_equal_the_evaluator_on_the_resampled_image_list(dataset, tmp_
     counts = resample_counts(5, 4, seed=7)
     assert (counts > 1).any() and (counts == 0).any()  # repeated and left-out images are exercised
     resampled = resampled_metrics(per_image, counts)
-    gt = read_json(ds.gt_json)
+    gt, pred = read_json(ds.gt_json), read_json(ds.pred_json)
+    pred_of = {ann["image_id"]: ann for ann in pred["annotations"]}
     for b, row in enumerate(counts.astype(int)):
-        repeated = [ann for ann, c in zip(gt["annotations"], row) for _ in range(c)]
-        gt_json = tmp_path / f"gt_resample_{b}.json"
-        gt_json.write_text(json.dumps({**gt, "annotations": repeated}))
-        results = pan.evaluate_panoptic(gt_json, ds.gt_folder, ds.pred_json, ds.pred_folder, split=SPLIT)
+        # the k-th copy of an image is a new image id over the same PNGs (the evaluator
+        # rightly refuses an image id given twice)
+        copies = [(ann, k) for ann, c in zip(gt["annotations"], row) for k in range(c)]
+        paths = {}
+        for name, data, annotations in (
+            ("gt", gt, [{**ann, "image_id": f"{ann['image_id']}#{k}"} for ann, k in copies]),
+            ("pred", pred, [{**pred_of[ann["image_id"]], "image_id": f"{ann['image_id']}#{k}"} for ann, k in copies]),
+        ):
+            paths[name] = tmp_path / f"{name}_resample_{b}.json"
+            images = [{"id": a["image_id"], "file_name": a["file_name"]} for a in annotations]
+            paths[name].write_text(json.dumps({**data, "images": images, "annotations": annotations}))
+        results = pan.evaluate_panoptic(paths["gt"], ds.gt_folder, paths["pred"], ds.pred_folder, split=SPLIT)
         assert_metrics_equal(results, resampled, b)
 
 
