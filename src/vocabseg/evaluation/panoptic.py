@@ -50,7 +50,11 @@ fractions in [0, 1]):
   groups ``In`` and ``Out`` averaged like the others over the split's ids that are GT
   categories;
 * ``semantic``: ``{"miou", "per_class"}``, semantic IoU computed from the same PNGs
-  (see :mod:`vocabseg.evaluation.semantic`).
+  (see :mod:`vocabseg.evaluation.semantic`);
+* ``counts``: ``{str(category id): {"tp", "fp", "fn"}}``, the matched, false positive
+  and false negative segments of each class; a class counts in the group averages iff
+  their sum is positive, so groups can be recomputed from per-class results
+  (:func:`group_metrics`, used by the class-wise combination of two results).
 
 Speed: per image both PNGs are decoded once (the plain PNGs that the project
 writes without Pillow, see :mod:`vocabseg.data.panoptic_png`), the pixels are cut
@@ -83,6 +87,7 @@ __all__ = [
     "ImageTask",
     "ImageStats",
     "evaluate_panoptic",
+    "group_metrics",
     "write_metrics",
     "accumulate",
     "summarize",
@@ -510,30 +515,42 @@ def _split_members(split: Mapping, key: str, categories: Categories) -> list[int
     return [c for c in categories.ids if c in wanted]
 
 
+def group_metrics(
+    per_class: Mapping[int, dict],
+    present: Mapping[int, bool],
+    categories: Categories,
+    split: Mapping | None = None,
+) -> dict:
+    """Groups ``All``, ``Things``, ``Stuff`` (and ``In``, ``Out`` with a ``split``) of
+    per-class results: each the mean pq, sq, rq over its classes that are ``present``
+    (TP + FP + FN > 0), in ``categories`` order."""
+    things = [c for c, t in zip(categories.ids, categories.isthing) if t]
+    stuff = [c for c, t in zip(categories.ids, categories.isthing) if not t]
+    groups = {
+        "All": _group_average(per_class, present, categories.ids),
+        "Things": _group_average(per_class, present, things),
+        "Stuff": _group_average(per_class, present, stuff),
+    }
+    if split is not None:
+        groups["In"] = _group_average(per_class, present, _split_members(split, "in_ids", categories))
+        groups["Out"] = _group_average(per_class, present, _split_members(split, "out_ids", categories))
+    return groups
+
+
 def summarize(total: ImageStats, categories: Categories, split: Mapping | None = None) -> dict:
     """The results dict (see the module docstring) from accumulated stats."""
-    per_class, present = {}, {}
+    per_class, present, counts = {}, {}, {}
     for k, cat_id in enumerate(categories.ids):
         iou, tp, fp, fn = float(total.iou[k]), int(total.tp[k]), int(total.fp[k]), int(total.fn[k])
         per_class[cat_id] = _class_metrics(iou, tp, fp, fn)
         present[cat_id] = tp + fp + fn > 0
-    things = [c for c, t in zip(categories.ids, categories.isthing) if t]
-    stuff = [c for c, t in zip(categories.ids, categories.isthing) if not t]
-    results = {
-        "All": _group_average(per_class, present, categories.ids),
-        "Things": _group_average(per_class, present, things),
-        "Stuff": _group_average(per_class, present, stuff),
+        counts[str(cat_id)] = {"tp": tp, "fp": fp, "fn": fn}
+    return {
+        **group_metrics(per_class, present, categories, split),
         "per_class": {str(c): per_class[c] for c in categories.ids},
+        "counts": counts,
         "semantic": semantic_metrics(total.confusion, categories.ids),
     }
-    if split is not None:
-        results["In"] = _group_average(
-            per_class, present, _split_members(split, "in_ids", categories)
-        )
-        results["Out"] = _group_average(
-            per_class, present, _split_members(split, "out_ids", categories)
-        )
-    return results
 
 
 def evaluate_panoptic(
