@@ -17,10 +17,12 @@ from vocabseg.approaches.combined import (
     CombinedFCCLIP,
     CombinedTask,
     InOnlyDataset,
+    build_training_pair,
     load_combined_checkpoint,
     lower_bound_targets,
     split_combined_checkpoint,
 )
+from vocabseg.approaches.fcclip_setup import ModelSpec
 from vocabseg.approaches.fusion import fuse_outputs
 from vocabseg.approaches.predict import predict_panoptic
 from vocabseg.data.labels import EVAL_IDS
@@ -28,7 +30,7 @@ from vocabseg.errors import InputError
 from vocabseg.fileio import read_json
 from vocabseg.losses import build_criterion
 from vocabseg.models.clip_tiny import register_tiny_clip
-from vocabseg.models.fcclip import FCCLIP, TextClassifier, load_fcclip_checkpoint, preset_config
+from vocabseg.models.fcclip import FCCLIP, TextClassifier, load_fcclip_checkpoint, preset_config, save_fcclip_checkpoint
 
 K = 19
 NUM_POINTS = 256
@@ -136,6 +138,51 @@ def test_losses_are_l1_l2_lcombined_and_reach_both_heads(text):
     assert no_grad == []
     assert all(p.grad is None for p in model.m1.backbone.parameters())
     assert model.m1.backbone is model.m2.backbone
+
+
+class RecordingCriterion:
+    """A set criterion that remembers the targets of every call."""
+
+    def __init__(self, criterion):
+        self.criterion, self.weight_dict, self.targets = criterion, criterion.weight_dict, []
+
+    def to(self, device):
+        return self
+
+    def __call__(self, outputs, targets):
+        self.targets.append(targets)
+        return self.criterion(outputs, targets)
+
+
+def test_trained_start_uses_both_models_and_the_same_targets(text, tmp_path):
+    """The seed's reading: M1 starts from the FTZS model's file, M2 from the lower
+    bound's, and both (and the fused pair) learn the very same FTZS targets."""
+    ftzs, lower = make_base(), make_base()  # one base (same CLIP), two different "trainings"
+    jitter(ftzs, seed=3)
+    jitter(lower, seed=4)
+    save_fcclip_checkpoint(ftzs, tmp_path / "ftzs.pt")
+    save_fcclip_checkpoint(lower, tmp_path / "lower.pt")
+    spec = ModelSpec(preset="tiny", overrides={"num_queries": 16, "dec_layers": 3, "overlap_threshold": 0.0})
+    pair = build_training_pair(spec, tmp_path / "ftzs.pt", tmp_path / "lower.pt", fusion="mean")
+    for model, source in ((pair.m1, ftzs), (pair.m2, lower)):
+        state, expected = model.state_dict(), source.state_dict()
+        assert state.keys() == expected.keys()
+        assert all(torch.equal(state[k], expected[k]) for k in state)
+    assert pair.m1.backbone is pair.m2.backbone
+    assert not torch.equal(pair.m1.void_embedding.weight, pair.m2.void_embedding.weight)
+
+    task = CombinedTask(pair, text, num_points=NUM_POINTS, m2_in_only=False)
+    task.criterion = recorder = RecordingCriterion(task.criterion)
+    images, targets = batch()
+    for t in targets:
+        del t[IN_ONLY_KEY]  # no flag needed: nothing is taken away from M2's targets
+    terms = task.losses(pair.train(), images, targets)
+    assert len(recorder.targets) == 3 and all(tgt is targets for tgt in recorder.targets)  # L1, L2, Lcombined
+    assert {k.split("_")[0] for k in terms} == {"m1", "m2", "com"}
+    # the base variant: M2 a copy of M1, on the in-class-only targets
+    base = build_training_pair(spec, tmp_path / "ftzs.pt", None, fusion="mean")
+    assert all(torch.equal(v, base.m1.state_dict()[k]) for k, v in base.m2.state_dict().items())
+    assert CombinedTask(base, text, num_points=NUM_POINTS).m2_in_only
 
 
 def test_lower_bound_targets_and_in_only_dataset():

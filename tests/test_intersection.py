@@ -107,7 +107,7 @@ def test_merge_rule_by_hand(monkeypatch, dense):
     # 9 person (kept, on top of road and sidewalk), 8 road and 7 car (in-classes of
     # the out model: discarded), 4 bicycle (kept; same id as the in model's car)
     out_segments = segs([(9, 24), (8, 7), (4, 33), (7, 26)])
-    ids, segments = merge_segments(in_map, in_segments, out_map, out_segments, IN_IDS, OUT_IDS)
+    ids, segments = merge_segments(in_map, in_segments, out_map, out_segments, IN_IDS, OUT_IDS, overlap="out")
     expected = np.array(
         [
             [1, 3, 3, 2],
@@ -118,6 +118,45 @@ def test_merge_rule_by_hand(monkeypatch, dense):
     np.testing.assert_array_equal(ids, expected)
     assert ids.dtype == np.uint32
     assert segments == segs([(1, 7), (2, 8), (3, 24), (4, 33)])
+
+
+# One overlap case for every rule: road (in model, score 0.6) and a person (out model)
+# that covers two road pixels and one void pixel of the in model.
+OVERLAP_IN = np.array([[1, 1, 1], [1, 1, 0]], dtype=np.uint32)
+OVERLAP_OUT = np.array([[0, 2, 2], [0, 0, 2]], dtype=np.uint32)
+
+
+@pytest.mark.parametrize(
+    "overlap, person_score, expected",
+    [
+        ("in", 0.9, [[1, 1, 1], [1, 1, 2]]),  # the in model keeps the road; person only on its void
+        ("out", 0.1, [[1, 2, 2], [1, 1, 2]]),  # the person is pasted on top
+        ("score", 0.9, [[1, 2, 2], [1, 1, 2]]),  # 0.9 > 0.6: person
+        ("score", 0.1, [[1, 1, 1], [1, 1, 2]]),  # 0.1 < 0.6: road
+        ("score", 0.6, [[1, 1, 1], [1, 1, 2]]),  # a tie goes to the in model
+    ],
+)
+def test_overlap_rules(overlap, person_score, expected):
+    in_segments = [{"id": 1, "category_id": 7, "score": 0.6}]
+    out_segments = [{"id": 2, "category_id": 24, "score": person_score}]
+    ids, segments = merge_segments(OVERLAP_IN, in_segments, OVERLAP_OUT, out_segments, IN_IDS, OUT_IDS, overlap=overlap)
+    np.testing.assert_array_equal(ids, expected)
+    assert [s["category_id"] for s in segments] == [7, 24]
+
+
+def test_overlap_in_drops_an_out_segment_the_in_model_covers_and_score_needs_scores():
+    in_map = np.ones((2, 2), dtype=np.uint32)
+    out_map = np.array([[0, 5], [0, 5]], dtype=np.uint32)
+    ids, segments = merge_segments(in_map, segs([(1, 7)]), out_map, segs([(5, 24)]), IN_IDS, OUT_IDS, overlap="in")
+    np.testing.assert_array_equal(ids, np.ones((2, 2)))
+    assert segments == segs([(1, 7)])
+    with pytest.raises(InputError, match="B.png: segment 5 has no numeric 'score'"):
+        merge_segments(
+            in_map, [{"id": 1, "category_id": 7, "score": 0.5}], out_map, segs([(5, 24)]), IN_IDS, OUT_IDS,
+            overlap="score", names=("A.png", "B.png"),
+        )
+    with pytest.raises(InputError, match="overlap rule 'max' is not one of"):
+        merge_segments(in_map, segs([(1, 7)]), out_map, segs([(5, 24)]), IN_IDS, OUT_IDS, overlap="max")
 
 
 def test_merge_without_out_segments_is_the_in_models_in_classes():
@@ -181,7 +220,9 @@ def test_hand_computed_overlap_end_to_end(tmp_path):
     out_json, out_folder = write_prediction(tmp_path / "out", {"img": (out_map, segs([(5, 24), (6, 7)]))})
     split = {"in_ids": [7], "out_ids": [24, 26]}
 
-    n = intersect_predictions(in_json, in_folder, out_json, out_folder, split, tmp_path / "m.json", tmp_path / "m")
+    n = intersect_predictions(
+        in_json, in_folder, out_json, out_folder, split, tmp_path / "m.json", tmp_path / "m", overlap="out"
+    )
     assert n == 1
     merged = read_json(tmp_path / "m.json")
     assert merged == {
@@ -232,13 +273,29 @@ def _two_models(tmp_path: Path, split: dict, *, overlap: bool):
     return ds, b_json, b_folder
 
 
+def test_in_wins_keeps_the_in_models_in_pq_exactly(tmp_path):
+    """The seed's rule: with overlaps, In PQ (every in-class) is the in model's."""
+    split = make_split("004")
+    ds, b_json, b_folder = _two_models(tmp_path, split, overlap=True)
+    merged_json, merged_folder = tmp_path / "merged.json", tmp_path / "merged"
+    intersect_predictions(ds.pred_json, ds.pred_folder, b_json, b_folder, split, merged_json, merged_folder, overlap="in")
+    a = evaluate_panoptic(ds.gt_json, ds.gt_folder, ds.pred_json, ds.pred_folder, split=split)
+    m = evaluate_panoptic(ds.gt_json, ds.gt_folder, merged_json, merged_folder, split=split)
+    assert m["In"]["n"] > 5
+    assert_group_equal(m["In"], a["In"])
+    for c in split["in_ids"]:
+        assert m["per_class"][str(c)] == a["per_class"][str(c)]
+
+
 @pytest.mark.parametrize("overlap", [False, True])
 def test_in_from_in_model_out_from_out_model(tmp_path, overlap):
     """Out PQ (every out-class) is the out model's; without overlap In PQ is the in model's."""
     split = make_split("004")  # out: person, rider, car, truck; in: the rest
     ds, b_json, b_folder = _two_models(tmp_path, split, overlap=overlap)
     merged_json, merged_folder = tmp_path / "merged.json", tmp_path / "merged"
-    n = intersect_predictions(ds.pred_json, ds.pred_folder, b_json, b_folder, split, merged_json, merged_folder)
+    n = intersect_predictions(
+        ds.pred_json, ds.pred_folder, b_json, b_folder, split, merged_json, merged_folder, overlap="out"
+    )
     assert n == 3
 
     def evaluate(pred_json, pred_folder):

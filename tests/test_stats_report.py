@@ -13,6 +13,7 @@ from vocabseg.errors import InputError
 from vocabseg.cli import main
 from vocabseg.report import figures
 from vocabseg.report.figures import plot_class_frequency, plot_tradeoff, tradeoff_points
+from vocabseg.report.seed_rows import seed_rows
 from vocabseg.report.table import results_frame, write_report
 
 
@@ -36,7 +37,7 @@ def test_class_frequencies_from_json_areas(tmp_path):
     assert Image.open(out).size[0] > 500
 
 
-def _metrics(pq_all, pq_in, pq_out, approach, n_out=8, kind="finetune", vocab="008", label=None):
+def _metrics(pq_all, pq_in, pq_out, approach, n_out=8, kind="finetune", vocab="008", label=None, seed_row=None):
     per_class = {str(lb.id): {"pq": pq_all, "sq": 0.9, "rq": 0.8} for lb in EVAL_LABELS}
     return {
         "All": {"pq": pq_all, "sq": 0.9, "rq": 0.8, "n": 19},
@@ -46,7 +47,8 @@ def _metrics(pq_all, pq_in, pq_out, approach, n_out=8, kind="finetune", vocab="0
         "semantic": {"miou": 0.5},
         "run": {"approach": approach, "kind": kind, "study": "s", "dataset": "d", "backbone": "-",
                 "vocab": vocab, "iterations": 100, "eval_vocab": "008",
-                **({} if label is None else {"label": label})},
+                **({} if label is None else {"label": label}),
+                **({} if seed_row is None else {"seed_row": seed_row})},
     }
 
 
@@ -67,23 +69,50 @@ def test_table_rows_in_given_order_x100_three_decimals(tmp_path):
     frame = write_report(files, md, csv_path, png, "Title")
     assert list(frame["approach"]) == ["zeta", "alpha"]
     text = md.read_text()
-    assert "| approach | seed row | PQ | PQ In | PQ Out | SQ |" in text
-    assert f"| zeta | {upper} | 58.197 | 63.995 | 50.224 |" in text
-    assert "| alpha | - | 40.000 | 50.000 | - |" in text  # no label; a group without classes: '-'
+    assert "| approach | seed row | seed PQ All / In / Out | PQ | PQ In | PQ Out | SQ |" in text
+    assert f"| zeta | {upper} | - | 58.197 | 63.995 | 50.224 |" in text
+    assert "| alpha | - | - | 40.000 | 50.000 | - |" in text  # no label; a group without classes: '-'
     assert "## Per-class PQ" in text and "traffic light" in text
     assert "| approach | road |" in text  # the per-class table has no seed-row column
     rows = list(csv.DictReader(csv_path.open()))
-    assert list(rows[0])[:3] == ["approach", "label", "PQ"]
+    assert list(rows[0])[:4] == ["approach", "label", "seed PQ", "PQ"]
     assert rows[0]["label"] == upper and rows[1]["label"] == "-"
     assert rows[0]["PQ Out"] == "50.224" and rows[1]["PQ Out"] == ""
     assert png.stat().st_size > 0
     assert not (tmp_path / "tradeoff.png").exists()  # only written when asked for
 
 
+def test_seed_column_shows_the_seed_rows_numbers_and_label(tmp_path):
+    files = _write(tmp_path, [("naive", _metrics(0.5, 0.6, 0.3, "naive", seed_row="naive")),
+                              ("zs", _metrics(0.4, 0.5, 0.3, "zs", seed_row="zeroshot_convnext_large", label="mine")),
+                              ("kd", _metrics(0.4, 0.5, 0.3, "kd", seed_row="-"))])
+    md = tmp_path / "t.md"
+    write_report(files, md, tmp_path / "t.csv", tmp_path / "b.png", "Title")
+    text = md.read_text()
+    naive = seed_rows()["naive"].label
+    assert f"| naive | {naive} | 50.350 / 65.575 / 29.416 | 50.000 | 60.000 | 30.000 |" in text
+    assert "| zs | mine | 43.992 / 49.662 / 36.195 (ConvNeXt-L) | 40.000 |" in text  # own label wins
+    assert "| kd | - | - | 40.000 |" in text
+    bad = _write(tmp_path, [("x", _metrics(0.5, 0.6, 0.3, "x", seed_row="nope"))])
+    with pytest.raises(InputError, match="x.json: run fact seed_row 'nope' is not a row of the seed's table"):
+        write_report(bad, md, tmp_path / "t.csv", tmp_path / "b.png", "Title")
+
+
+def test_seed_rows_of_one_prediction_set_satisfy_the_group_identity():
+    """All = (11 In + 8 Out) / 19 to 3 decimals: a check that the numbers were copied
+    right; the two intersection rows are the seed's known exceptions."""
+    rows = seed_rows()
+    assert len(rows) == 17 and rows["intersection_5_9"].label == "Intersection n°5 + n°9"
+    for row in rows.values():
+        identity = abs((11 * row.pq_in + 8 * row.pq_out) / 19 - row.pq_all) <= 0.0015
+        assert identity == row.one_prediction, row.id
+    assert round((11 * 65.575 + 8 * 29.416) / 19, 2) == rows["naive"].pq_all
+
+
 def test_pipe_in_a_label_does_not_break_the_markdown_row(tmp_path):
     files = _write(tmp_path, [("a", _metrics(0.5, 0.5, 0.5, "a", label="x | y"))])
     write_report(files, tmp_path / "t.md", tmp_path / "t.csv", tmp_path / "b.png", "T")
-    assert "| a | x \\| y | 50.000 |" in (tmp_path / "t.md").read_text()
+    assert "| a | x \\| y | - | 50.000 |" in (tmp_path / "t.md").read_text()
 
 
 def _study(tmp_path):

@@ -164,9 +164,10 @@ def cmd_intersect(a: argparse.Namespace) -> None:
     from vocabseg.approaches.intersection import intersect_predictions
 
     n = intersect_predictions(
-        a.in_json, a.in_folder, a.out_json, a.out_folder, read_json(a.split), a.merged_json, a.merged_folder
+        a.in_json, a.in_folder, a.out_json, a.out_folder, read_json(a.split), a.merged_json, a.merged_folder,
+        overlap=a.overlap,
     )
-    print(f"intersection: {n} images")
+    print(f"intersection ({a.overlap} wins overlaps): {n} images")
 
 
 @_command
@@ -180,17 +181,33 @@ def cmd_wiseft(a: argparse.Namespace) -> None:
 
 @_command
 def cmd_evaluate_panoptic(a: argparse.Namespace) -> None:
-    from vocabseg.evaluation.panoptic import evaluate_panoptic_images, write_metrics
+    from vocabseg.evaluation.panoptic import evaluate_panoptic_images
 
     split = read_json(a.split) if a.split else None
     results, per_image = evaluate_panoptic_images(
         a.gt_json, a.gt_folder, a.pred_json, a.pred_folder, split=split, threads=a.threads
     )
-    if a.fact:
-        results["run"] = dict(_parse_fact(f) for f in a.fact)
     if a.images_out:
         per_image.save(a.images_out)
-    write_metrics(results, a.out)
+    _write_panoptic_metrics(results, a.fact, a.out)
+
+
+@_command
+def cmd_classwise(a: argparse.Namespace) -> None:
+    from vocabseg.approaches.classwise import classwise_from_files, classwise_images_from_files
+
+    if a.images_out:
+        classwise_images_from_files(a.in_images, a.out_images, a.split).save(a.images_out)
+    _write_panoptic_metrics(classwise_from_files(a.in_metrics, a.out_metrics, a.split), a.fact, a.out)
+
+
+def _write_panoptic_metrics(results: dict, facts: list[str], out: Path) -> None:
+    """Write a panoptic results dict with its run facts; print its groups' PQ."""
+    from vocabseg.evaluation.panoptic import write_metrics
+
+    if facts:
+        results["run"] = dict(_parse_fact(f) for f in facts)
+    write_metrics(results, out)
     groups = [g for g in ("All", "Things", "Stuff", "In", "Out") if g in results]
     for g in groups:
         r = results[g]
@@ -322,6 +339,8 @@ def _parse_fact(text: str) -> tuple[str, object]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vocabseg.approaches.intersection import OVERLAP_RULES
+
     parser = argparse.ArgumentParser(prog="vocabseg", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     P = Path
@@ -429,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", type=P, required=True, help="split.json defining in and out")
     p.add_argument("--merged-json", type=P, required=True)
     p.add_argument("--merged-folder", type=P, required=True)
+    p.add_argument("--overlap", choices=OVERLAP_RULES, default="in",
+                   help="which segment keeps a pixel both kept segments cover: the in model's, the out "
+                        "model's, or the one with the higher score")
 
     p = sub.add_parser("wiseft", help="WiSE-FT: interpolate zero-shot and fine-tuned weights")
     p.add_argument("--model", required=True, help="the study's model block as JSON")
@@ -447,6 +469,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="worker processes (the job's threads)")
     p.add_argument("--fact", action="append", default=[], metavar="KEY=VALUE", help="run fact stored under 'run'")
     p.add_argument("--images-out", type=P, default=None, help=".npz: per-image, per-class counts (for the bootstrap)")
+
+    p = sub.add_parser("classwise", help="per-class results of two metrics files, in-classes from one (the seed's naive row)")
+    p.add_argument("--in-metrics", type=P, required=True, help="metrics JSON scoring the in-classes")
+    p.add_argument("--out-metrics", type=P, required=True, help="metrics JSON scoring the out-classes")
+    p.add_argument("--split", type=P, required=True, help="split.json defining in and out")
+    p.add_argument("--out", type=P, required=True)
+    p.add_argument("--fact", action="append", default=[], metavar="KEY=VALUE", help="run fact stored under 'run'")
+    p.add_argument("--in-images", type=P, default=None, help=".npz per-image counts of the in approach")
+    p.add_argument("--out-images", type=P, default=None, help=".npz per-image counts of the out approach")
+    p.add_argument("--images-out", type=P, default=None, help=".npz: their class-wise combination (for the bootstrap)")
 
     def known_unknown(p: argparse.ArgumentParser) -> None:
         group = p.add_mutually_exclusive_group()

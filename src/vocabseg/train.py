@@ -14,10 +14,11 @@ Kinds (the approach decides the task; every kind trains on ``--train-json``):
 * ``distill``: the student learns the in-class ground truth with the 19-class text
   classifier while a frozen copy of ``--init`` (the zero-shot teacher) keeps its
   out-of-vocabulary queries, see :mod:`vocabseg.approaches.distill`;
-* ``combined``: M1 (FTZS targets: ``--train-json`` is the pseudo-labelled ground
-  truth) and M2 (the same targets minus the pseudo segments: the lower bound's)
-  trained jointly with a loss on their ``--fusion``, see
-  :mod:`vocabseg.approaches.combined`; writes both models into one checkpoint.
+* ``combined``: M1 (from ``--init``) and M2 (from ``--init-m2``, or a copy of M1)
+  trained jointly on ``--train-json`` (the pseudo-labelled ground truth) with a loss
+  on their ``--fusion``; with ``--m2-in-only`` M2 learns only the in-class segments
+  (the lower bound's targets), see :mod:`vocabseg.approaches.combined`; writes both
+  models into one checkpoint.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-log", type=Path, required=True)
     p.add_argument("--threads", type=int, default=None, help="torch threads per process")
     p.add_argument("--fusion", default=None, help="combined: the fusion of the two models' outputs")
+    p.add_argument("--init-m2", type=Path, default=None, help="combined: M2's weights (default: a copy of M1)")
+    p.add_argument("--m2-in-only", action="store_true", help="combined: M2 learns the in-class segments only")
     return p
 
 
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from vocabseg.approaches.fcclip_setup import ModelSpec, build_model, vocab_ids
-    from vocabseg.approaches.combined import CombinedFCCLIP, CombinedTask, InOnlyDataset
+    from vocabseg.approaches.combined import CombinedTask, InOnlyDataset, build_training_pair
     from vocabseg.approaches.distill import DistillTask, out_class_indices
     from vocabseg.approaches.fusion import check_fusion
     from vocabseg.approaches.finetune import FinetuneTask
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> None:
     if len(text.num_synonyms) != len(ids):
         raise InputError(f"{args.text}: text classifier has {len(text.num_synonyms)} classes, vocabulary {len(ids)}")
     spec = ModelSpec.from_json(args.model)
-    model = build_model(spec, args.init)
+    model = build_model(spec, args.init) if args.kind != "combined" else None
     dataset = PanopticTrainDataset(args.train_json, args.train_folder, args.image_root, ids, TrainAugment(augment))
     if args.kind == "finetune":
         task = FinetuneTask(model, text, num_points=num_points)
@@ -91,11 +94,13 @@ def run(args: argparse.Namespace) -> None:
         teacher = build_model(spec, args.init)
         task = DistillTask(model, teacher, text, out_class_indices(split, ids), num_points=num_points)
     else:
-        if split is None or args.fusion is None:
-            raise InputError("--kind combined needs --split (M2 learns its in-classes) and --fusion")
+        if args.fusion is None or (args.m2_in_only and split is None):
+            raise InputError("--kind combined needs --fusion, and with --m2-in-only --split (M2 learns its in-classes)")
         check_fusion(args.fusion)
-        dataset = InOnlyDataset(dataset, split["in_ids"])
-        task = CombinedTask(CombinedFCCLIP.from_base(model, fusion=args.fusion), text, num_points=num_points)
+        if args.m2_in_only:
+            dataset = InOnlyDataset(dataset, split["in_ids"])
+        pair = build_training_pair(spec, args.init, args.init_m2, fusion=args.fusion)
+        task = CombinedTask(pair, text, num_points=num_points, m2_in_only=args.m2_in_only)
     train(task, dataset, cfg, out=args.out, state_dir=args.state_dir, metrics_log=args.metrics_log)
 
 

@@ -1,6 +1,9 @@
 # Config validation, path helpers and the approach registry lookups.
+import csv
 import json
+import re
 import shlex
+from pathlib import Path
 
 import jsonschema
 from snakemake.exceptions import WorkflowError
@@ -80,6 +83,7 @@ def run_facts(approach):
         "dataset": DATASET,
         "backbone": MODEL["preset"],
         "label": spec.get("label", "-"),
+        "seed_row": spec.get("seed_row", "-"),
         "vocab": spec.get("vocab", "-"),
         "iterations": spec.get("iters", 0),
         "eval_vocab": EVAL_VOCAB,
@@ -134,12 +138,26 @@ def recipe_json(iters, **changes):
 
 TRAINED = ("finetune", "pseudolabel", "distill")  # one model, trained by rule `train`
 MODEL_KINDS = ("zeroshot", *TRAINED, "combined", "wiseft")  # kinds with weights
+PREDICTED_KINDS = ("oracle", *MODEL_KINDS, "intersection")  # kinds with a prediction
+# The seed's own results (one home: the package's CSV, also read by the report).
+SEED_ROWS_CSV = Path(workflow.basedir) / "src/vocabseg/report/seed_000.csv"
+with open(SEED_ROWS_CSV, encoding="utf-8") as seed_file:
+    SEED_ROW_IDS = [row["id"] for row in csv.DictReader(seed_file)]
 
 
 def check_references():
-    """Approaches named by intersection / wiseft entries exist (and wiseft's is trained)."""
+    """Approaches named by intersection / classwise / wiseft / combined entries exist
+    (wiseft's and a combined start's are trained); seed_row ids are rows of the seed."""
     for name, spec in APPROACHES.items():
-        for key in ("in", "out", "finetuned"):
+        row = spec.get("seed_row")
+        if row is not None and row not in SEED_ROW_IDS:
+            raise WorkflowError(
+                f"config key approaches.{name}.seed_row: {row!r} is not a row of the seed's table "
+                f"(one of {', '.join(SEED_ROW_IDS)})"
+            )
+        if spec["kind"] == "combined":
+            check_combined_start(name, spec)
+        for key in ("in", "out", "finetuned", "m1", "m2"):
             ref = spec.get(key)
             if ref is None:
                 continue
@@ -147,11 +165,33 @@ def check_references():
                 raise WorkflowError(
                     f"config key approaches.{name}.{key}: no other approach named {ref!r}"
                 )
-            if key == "finetuned" and APPROACHES[ref]["kind"] not in TRAINED:
+            if key in ("finetuned", "m1", "m2") and APPROACHES[ref]["kind"] not in TRAINED:
                 raise WorkflowError(
                     f"config key approaches.{name}.{key}: {ref!r} is of kind {APPROACHES[ref]['kind']}; "
                     f"expected one of the kinds {', '.join(TRAINED)}"
                 )
+
+
+def combined_start(spec):
+    """Where a combined run's two models start (schema default: trained)."""
+    return spec.get("start", "trained")
+
+
+def check_combined_start(name, spec):
+    """start trained needs m1 and m2; base_in_only starts from the base weights, so
+    naming them would be ignored: an error."""
+    named = [key for key in ("m1", "m2") if key in spec]
+    if combined_start(spec) == "trained" and len(named) < 2:
+        missing = "m2" if "m1" in named else "m1"
+        raise WorkflowError(
+            f"config key approaches.{name}.{missing}: start 'trained' needs m1 and m2, the trained "
+            "approaches the two models start from (e.g. m1: ftzs, m2: lowerbound)"
+        )
+    if combined_start(spec) == "base_in_only" and named:
+        raise WorkflowError(
+            f"config key approaches.{name}.{named[0]}: start 'base_in_only' starts both models from "
+            "the base weights; remove m1 / m2 or use start 'trained'"
+        )
 
 
 check_references()
@@ -191,10 +231,38 @@ def uncertainty_args():
 
 
 def combined_run(approach):
-    """Folder of a combined training run; approaches that differ only in
+    """Name of a combined training run: what identifies it (fusion, vocabulary,
+    iterations, where the two models start). Approaches that differ only in
     predict_with share it (and its single training job)."""
     spec = APPROACHES[approach]
-    return f"{RESULTS}/models/combined_{spec['fusion']}_{spec['vocab']}_{spec['iters']}"
+    start = f"{spec['m1']}+{spec['m2']}" if combined_start(spec) == "trained" else "base"
+    return f"{spec['fusion']}_{spec['vocab']}_{spec['iters']}_from_{start}"
+
+
+# run name -> the first approach of that run (its spec defines the training)
+COMBINED_RUNS = {}
+for name in APPROACHES:
+    if APPROACHES[name]["kind"] == "combined":
+        COMBINED_RUNS.setdefault(combined_run(name), name)
+
+
+def combined_run_regex():
+    """The combined run names as a wildcard regex."""
+    return "|".join(re.escape(run) for run in COMBINED_RUNS) or "(?!)"
+
+
+def combined_inputs(run):
+    """Start weights, ground truth and classifiers of a combined training run."""
+    spec = APPROACHES[COMBINED_RUNS[run]]
+    conf, trained = spec["vocab"], combined_start(spec) == "trained"
+    return {
+        "init": weights_of(spec["m1"]) if trained else BASE_WEIGHTS,
+        "init_m2": weights_of(spec["m2"]) if trained else [],
+        "text": f"{TEXT}/000.pt",
+        "split": f"{RESULTS}/vocab/{conf}/split.json",
+        "gt_json": f"{RESULTS}/pseudo/{conf}/train_panoptic.json",
+        "gt_folder": f"{RESULTS}/pseudo/{conf}/train_panoptic",
+    }
 
 
 def weights_of(approach):
@@ -203,7 +271,7 @@ def weights_of(approach):
     if kind == "zeroshot":
         return BASE_WEIGHTS
     if kind == "combined":
-        return f"{combined_run(approach)}/model.pt"
+        return f"{RESULTS}/models/combined/{combined_run(approach)}/model.pt"
     return f"{RESULTS}/models/{approach}/model.pt"
 
 

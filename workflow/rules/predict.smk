@@ -78,7 +78,10 @@ rule intersect:
         approach=approaches_of_kind("intersection"),
     conda:
         CONDA_ENV
+    params:
+        overlap=lambda wc: APPROACHES[wc.approach].get("overlap", "in"),
     shell:
         "vocabseg intersect --in-json {input.in_json} --in-folder {input.in_folder}"
         " --out-json {input.out_json} --out-folder {input.out_folder} --split {input.split}"
-        " --merged-json {output.json} --merged-folder {output.folder} > {log} 2>&1"
+        " --overlap {params.overlap} --merged-json {output.json} --merged-folder {output.folder}"
+        " > {log} 2>&1"

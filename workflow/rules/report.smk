@@ -37,8 +37,13 @@ rule report:
 
 
 # Qualitative panels: photo, ground truth and every approach's prediction (not the
-# oracle's, which is the ground truth) on the first validation images.
-PANEL_APPROACHES = [name for name, spec in APPROACHES.items() if spec["kind"] != "oracle"]
+# oracle's, which is the ground truth; a class-wise row has none) on the first
+# validation images.
+PANEL_APPROACHES = [
+    name
+    for name, spec in APPROACHES.items()
+    if spec["kind"] in PREDICTED_KINDS and spec["kind"] != "oracle"
+]
 
 
 rule panels:

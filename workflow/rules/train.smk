@@ -52,21 +52,16 @@ rule train:
 
 rule train_combined:
     input:
-        init=BASE_WEIGHTS,
-        text=f"{TEXT}/000.pt",
-        split=f"{RESULTS}/vocab/{{conf}}/split.json",
-        gt_json=f"{RESULTS}/pseudo/{{conf}}/train_panoptic.json",
-        gt_folder=f"{RESULTS}/pseudo/{{conf}}/train_panoptic",
+        unpack(lambda wc: combined_inputs(wc.run)),
         raw=RAW,
     output:
-        f"{RESULTS}/models/combined_{{fusion}}_{{conf}}_{{iters}}/model.pt",
+        f"{RESULTS}/models/combined/{{run}}/model.pt",
     log:
-        f"{LOGS}/train/combined_{{fusion}}_{{conf}}_{{iters}}.log",
+        f"{LOGS}/train/combined/{{run}}.log",
     benchmark:
-        f"{BENCH}/train/combined_{{fusion}}_{{conf}}_{{iters}}.tsv"
+        f"{BENCH}/train/combined/{{run}}.tsv"
     wildcard_constraints:
-        fusion="[a-z_]+?",
-        iters=r"\d+",
+        run=combined_run_regex(),
     conda:
         CONDA_ENV
     threads: 1
@@ -77,14 +72,18 @@ rule train_combined:
         mem_mb=64000,
         runtime=minutes_per_attempt(240),
     params:
+        fusion=lambda wc: APPROACHES[COMBINED_RUNS[wc.run]]["fusion"],
+        # start trained: M2 from its own file, same targets; base_in_only: M2 a copy of
+        # M1 on the in-class ground truth only
+        start=lambda wc, input: (f"--init-m2 {input.init_m2}" if input.init_m2 else "--m2-in-only"),
         model=model_json(),
-        recipe=lambda wc: recipe_json(int(wc.iters)),
-        state=lambda wc: f"{RESULTS}/models/combined_{wc.fusion}_{wc.conf}_{wc.iters}/ckpt",
+        recipe=lambda wc: recipe_json(APPROACHES[COMBINED_RUNS[wc.run]]["iters"]),
+        state=lambda wc: f"{RESULTS}/models/combined/{wc.run}/ckpt",
         nproc=nproc,
     shell:
         "torchrun --standalone --nnodes=1 --nproc_per_node={params.nproc} -m vocabseg.train"
-        " --kind combined --fusion {wildcards.fusion} --model {params.model:q} --init {input.init}"
-        " --text {input.text} --split {input.split} --train-json {input.gt_json}"
+        " --kind combined --fusion {params.fusion} --model {params.model:q} --init {input.init}"
+        " {params.start} --text {input.text} --split {input.split} --train-json {input.gt_json}"
         " --train-folder {input.gt_folder} --image-root {input.raw}/leftImg8bit/train"
         " --recipe {params.recipe:q} --out {output} --state-dir {params.state}"
         " --metrics-log {params.state}/metrics.jsonl --threads {threads} > {log} 2>&1"

@@ -1,20 +1,31 @@
 """The combined approach: two FC-CLIP models trained jointly, ``L = L1 + L2 + Lcombined``.
 
-Research seed 000, "Combination of Models". M1 is the FTZS model (trained on the
-ground truth of the in-classes plus the zero-shot model's pseudo-labels of the
-out-classes), M2 the lower-bound model (in-class ground truth only, out-class pixels
-void). Both start from the same base weights and are trained together:
+Research seed 000, "Combination of Models" (rows "n°6 + n°9 - Combined FT"). n°6 is
+the FTZS model, n°9 the lower bound; the seed's maths computes ``L1 = model_one(data)``
+and ``L2 = model_two(data)`` on the same data, and its "Pred N°9" row (Out PQ 42.28)
+shows that M2 learnt the out-classes. Two variants (config key ``start``):
 
-    L1        = criterion(M1 outputs, FTZS targets)
-    L2        = criterion(M2 outputs, in-class-only targets)
-    Lcombined = criterion(fuse(M1 outputs, M2 outputs), FTZS targets)
-    L         = L1 + L2 + Lcombined
+* ``trained`` (the seed's reading, the default): M1 starts from the *trained* FTZS
+  model's weights, M2 from the *trained* lower bound's; both learn the FTZS targets
+  (in-class ground truth + the zero-shot model's out-class pseudo-labels):
 
-where ``criterion`` is the FC-CLIP set criterion with its weights (CE 2, mask BCE 5,
-dice 5, deep supervision) and ``fuse`` one rule of :mod:`vocabseg.approaches.fusion`,
-applied to the final outputs and to every auxiliary layer. The loss terms are
-``m1_<term>``, ``m2_<term>`` and ``com_<term>``, each already multiplied by the
-criterion's ``weight_dict`` weight, so their plain sum is L.
+      L1        = criterion(M1 outputs, FTZS targets)
+      L2        = criterion(M2 outputs, FTZS targets)
+      Lcombined = criterion(fuse(M1 outputs, M2 outputs), FTZS targets)
+
+* ``base_in_only``: both start from the base weights and M2 learns the lower bound's
+  targets (the FTZS targets without the pseudo-labelled segments):
+
+      L2        = criterion(M2 outputs, in-class-only targets)
+
+  (L1 and Lcombined as above); the combined loss alone then has to teach M2 the
+  out-classes.
+
+In both, ``L = L1 + L2 + Lcombined``, where ``criterion`` is the FC-CLIP set criterion
+with its weights (CE 2, mask BCE 5, dice 5, deep supervision) and ``fuse`` one rule of
+:mod:`vocabseg.approaches.fusion`, applied to the final outputs and to every auxiliary
+layer. The loss terms are ``m1_<term>``, ``m2_<term>`` and ``com_<term>``, each already
+multiplied by the criterion's ``weight_dict`` weight, so their plain sum is L.
 
 Shared backbone. :class:`CombinedFCCLIP` holds the two models as ``m1`` and ``m2``
 (ordinary :class:`FCCLIP` modules) whose ``backbone`` is one and the same frozen CLIP
@@ -22,8 +33,8 @@ module: a batch costs one backbone pass and two heads. Both models use the same
 19-class test-vocabulary text classifier during training (each with its own learnt
 void embedding), so their logits live in one class space and can be fused.
 
-Training samples. One dataset serves both targets: a target dict is the FTZS
-target plus a flag per segment,
+Training samples. With ``base_in_only`` one dataset serves both targets: a target
+dict is the FTZS target plus a flag per segment,
 
     {"labels": LongTensor [N], "masks": BoolTensor [N, H, W], "seed": int,
      "in_only": BoolTensor [N]}   # True: in-class ground-truth segment,
@@ -70,6 +81,7 @@ __all__ = [
     "PREFIXES",
     "CombinedFCCLIP",
     "CombinedTask",
+    "build_training_pair",
     "InOnlyDataset",
     "lower_bound_targets",
     "combined_state_dict",
@@ -266,6 +278,24 @@ class InOnlyDataset:
         return image, target
 
 
+def build_training_pair(
+    spec: ModelSpec, init: str | os.PathLike | None, init_m2: str | os.PathLike | None, *, fusion: str
+) -> CombinedFCCLIP:
+    """The pair a combined training starts from.
+
+    With ``init_m2`` (variant ``trained``): M1 with the weights of ``init`` (the trained
+    FTZS model), M2 with those of ``init_m2`` (the trained lower bound); their CLIP
+    backbones must be equal (they are frozen during training). Without (variant
+    ``base_in_only``): M1 from ``init`` (the base weights) and M2 a copy of it.
+    """
+    from vocabseg.approaches.fcclip_setup import build_model
+
+    m1 = build_model(spec, init)
+    if init_m2 is None:
+        return CombinedFCCLIP.from_base(m1, fusion=fusion)
+    return CombinedFCCLIP.from_models(m1, build_model(spec, init_m2), fusion=fusion)
+
+
 class CombinedTask:
     """Trainer task (see :class:`vocabseg.engine.trainer.TrainTask`) of the combined approach.
 
@@ -273,6 +303,9 @@ class CombinedTask:
         model: the :class:`CombinedFCCLIP` to train (its ``fusion`` defines Lcombined).
         text: the test-vocabulary text classifier (K = 19 classes), used by both models.
         num_points: points per mask of the criterion.
+        m2_in_only: M2 learns the in-class-only targets (variant ``base_in_only``; the
+            samples need ``"in_only"``, see :class:`InOnlyDataset`); otherwise M2 learns
+            the same targets as M1 (variant ``trained``, the seed's reading).
 
     ``losses`` returns ``{"m1_<t>": w_t L1_t, "m2_<t>": w_t L2_t, "com_<t>": w_t Lcombined_t}``
     over the criterion's terms t (``loss_ce``, ``loss_mask``, ``loss_dice`` and their
@@ -280,9 +313,12 @@ class CombinedTask:
     minimises their sum ``L1 + L2 + Lcombined``.
     """
 
-    def __init__(self, model: CombinedFCCLIP, text: TextClassifier, *, num_points: int = 12544):
+    def __init__(
+        self, model: CombinedFCCLIP, text: TextClassifier, *, num_points: int = 12544, m2_in_only: bool = True
+    ):
         self.model = model
         self.text = text
+        self.m2_in_only = m2_in_only
         self.criterion = build_criterion(
             len(text.num_synonyms), num_points=num_points, num_aux=model.config.dec_layers
         )
@@ -293,15 +329,15 @@ class CombinedTask:
         Args:
             model: ``self.model`` or its DDP wrapper (called once: one backbone pass).
             images: [B, 3, H, W] RGB 0..255.
-            targets: B FTZS target dicts with ``"in_only"`` (module docstring).
+            targets: B FTZS target dicts (with ``"in_only"`` if ``m2_in_only``).
         """
         self.criterion.to(images.device)
-        lower = lower_bound_targets(targets)
+        m2_targets = lower_bound_targets(targets) if self.m2_in_only else targets
         outputs = model(images, self.text.embeddings.to(images.device), self.text.num_synonyms)
         fused = fuse_outputs(outputs["m1"], outputs["m2"], self.model.fusion)
         weights = self.criterion.weight_dict
         terms: dict[str, Tensor] = {}
-        parts = (("m1_", outputs["m1"], targets), ("m2_", outputs["m2"], lower), ("com_", fused, targets))
+        parts = (("m1_", outputs["m1"], targets), ("m2_", outputs["m2"], m2_targets), ("com_", fused, targets))
         for prefix, out, tgt in parts:
             raw = self.criterion(out, tgt)
             terms.update({prefix + k: v * weights[k] for k, v in raw.items() if k in weights})

@@ -50,7 +50,11 @@ fractions in [0, 1]):
   groups ``In`` and ``Out`` averaged like the others over the split's ids that are GT
   categories;
 * ``semantic``: ``{"miou", "per_class"}``, semantic IoU computed from the same PNGs
-  (see :mod:`vocabseg.evaluation.semantic`).
+  (see :mod:`vocabseg.evaluation.semantic`);
+* ``counts``: ``{str(category id): {"tp", "fp", "fn"}}``, the matched, false positive
+  and false negative segments of each class; a class counts in the group averages iff
+  their sum is positive, so groups can be recomputed from per-class results
+  (:func:`group_metrics`, used by the class-wise combination of two results).
 
 Per-image statistics (:class:`PerImageStats`, from :func:`evaluate_panoptic_images`):
 the per-image, per-class TP, FP, FN, IoU sums and semantic intersection / union pixel
@@ -92,6 +96,7 @@ __all__ = [
     "evaluate_panoptic",
     "evaluate_panoptic_images",
     "group_members",
+    "group_metrics",
     "write_metrics",
     "accumulate",
     "summarize",
@@ -624,20 +629,35 @@ def group_members(categories: Categories, split: Mapping | None = None) -> dict[
     return groups
 
 
+def group_metrics(
+    per_class: Mapping[int, dict],
+    present: Mapping[int, bool],
+    categories: Categories,
+    split: Mapping | None = None,
+) -> dict:
+    """Groups ``All``, ``Things``, ``Stuff`` (and ``In``, ``Out`` with a ``split``) of
+    per-class results: each the mean pq, sq, rq over its classes that are ``present``
+    (TP + FP + FN > 0), in ``categories`` order."""
+    return {
+        group: _group_average(per_class, present, members)
+        for group, members in group_members(categories, split).items()
+    }
+
+
 def summarize(total: ImageStats, categories: Categories, split: Mapping | None = None) -> dict:
     """The results dict (see the module docstring) from accumulated stats."""
-    per_class, present = {}, {}
+    per_class, present, counts = {}, {}, {}
     for k, cat_id in enumerate(categories.ids):
         iou, tp, fp, fn = float(total.iou[k]), int(total.tp[k]), int(total.fp[k]), int(total.fn[k])
         per_class[cat_id] = _class_metrics(iou, tp, fp, fn)
         present[cat_id] = tp + fp + fn > 0
-    results = {
-        group: _group_average(per_class, present, members)
-        for group, members in group_members(categories, split).items()
+        counts[str(cat_id)] = {"tp": tp, "fp": fp, "fn": fn}
+    return {
+        **group_metrics(per_class, present, categories, split),
+        "per_class": {str(c): per_class[c] for c in categories.ids},
+        "counts": counts,
+        "semantic": semantic_metrics(total.confusion, categories.ids),
     }
-    results["per_class"] = {str(c): per_class[c] for c in categories.ids}
-    results["semantic"] = semantic_metrics(total.confusion, categories.ids)
-    return results
 
 
 def evaluate_panoptic(gt_json: Path, gt_folder: Path, pred_json: Path, pred_folder: Path, **options) -> dict:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["confusion_from_histogram", "intersection_union", "semantic_metrics"]
+__all__ = ["confusion_from_histogram", "intersection_union", "semantic_metrics", "mean_iou"]
 
 
 def confusion_from_histogram(
@@ -59,11 +59,13 @@ def semantic_metrics(confusion: np.ndarray, category_ids: Sequence[int]) -> dict
     """
     inter, union = intersection_union(confusion)
     per_class: dict[str, float | None] = {}
-    present = []
     for cat_id, t, denominator in zip(category_ids, inter.tolist(), union.tolist()):
-        iou = t / denominator if denominator > 0 else None
-        per_class[str(cat_id)] = iou
-        if iou is not None:
-            present.append(iou)
-    miou = sum(present) / len(present) if present else None
-    return {"miou": miou, "per_class": per_class}
+        per_class[str(cat_id)] = t / denominator if denominator > 0 else None
+    return {"miou": mean_iou(per_class), "per_class": per_class}
+
+
+def mean_iou(per_class: dict[str, float | None]) -> float | None:
+    """Mean of the per-class IoUs that are not None (classes in neither GT nor
+    prediction); None if every class is."""
+    present = [iou for iou in per_class.values() if iou is not None]
+    return sum(present) / len(present) if present else None

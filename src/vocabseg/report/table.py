@@ -2,7 +2,8 @@
 
 One row per approach, in the order given (the study config's order, which follows
 the seed's results table): the approach, the seed row it reproduces (run fact
-``label``, ``-`` if none), PQ All / In / Out, SQ and RQ (All), all x100 with 3
+``label``, or else the label of its run fact ``seed_row``; ``-`` if none), the seed's
+own PQ All / In / Out for that row (:mod:`vocabseg.report.seed_rows`), PQ All / In / Out, SQ and RQ (All), all x100 with 3
 decimals as in the seed table, then the run facts (study, dataset, backbone,
 vocabulary configuration, iterations). Below the main table, per-class PQ. A group
 without any class (``n == 0``) prints as ``-``. The CSV holds the same rows with
@@ -36,6 +37,7 @@ from vocabseg.evaluation.openworld import OpenWorldImageStats, openworld_table_r
 from vocabseg.evaluation.panoptic import PerImageStats
 from vocabseg.fileio import read_json, write_text_atomic
 from vocabseg.report.figures import plot_pq_bars, plot_tradeoff
+from vocabseg.report.seed_rows import seed_row
 
 __all__ = ["load_metrics", "results_frame", "interval_columns", "interval_cells", "openworld_frame", "write_report"]
 
@@ -74,9 +76,15 @@ def results_frame(metrics_files: Sequence[Path]) -> pd.DataFrame:
     for path in metrics_files:
         m = load_metrics(path)
         run = m.get("run", {})
+        try:
+            seed = seed_row(str(run.get("seed_row", "-")))
+        except KeyError:
+            raise InputError(f"{path}: run fact seed_row {run['seed_row']!r} is not a row of the seed's table") from None
+        label = str(run.get("label", "-"))
         row = {
             "approach": run.get("approach", Path(path).stem),
-            "label": str(run.get("label", "-")),
+            "label": seed.label if seed and label == "-" else label,
+            "seed PQ": seed.cell() if seed else "-",
             "PQ": _x100(m["All"], "pq"),
             "PQ In": _x100(m.get("In"), "pq"),
             "PQ Out": _x100(m.get("Out"), "pq"),
@@ -90,7 +98,7 @@ def results_frame(metrics_files: Sequence[Path]) -> pd.DataFrame:
         for lb in EVAL_LABELS:
             row[f"pq/{lb.name}"] = _x100(m["per_class"].get(str(lb.id)), "pq")
         rows.append(row)
-    columns = ["approach", "label", "PQ", "PQ In", "PQ Out", "SQ", "RQ", "mIoU", *_FACTS, "kind", "eval vocab"]
+    columns = ["approach", "label", "seed PQ", "PQ", "PQ In", "PQ Out", "SQ", "RQ", "mIoU", *_FACTS, "kind", "eval vocab"]
     return pd.DataFrame(rows, columns=[*columns, *(f"pq/{lb.name}" for lb in EVAL_LABELS)])
 
 
@@ -236,7 +244,7 @@ def write_report(
     frame, legend = _with_intervals(
         results_frame(metrics_files), image_stats, references, bootstrap, METRIC_COLUMNS
     )
-    main = ["approach", "seed row", "PQ", "PQ In", "PQ Out", "SQ", "RQ", "mIoU", *_FACTS, "eval vocab"]
+    main = ["approach", "seed row", "seed PQ All / In / Out", "PQ", "PQ In", "PQ Out", "SQ", "RQ", "mIoU", *_FACTS, "eval vocab"]
     per_class = ["approach", *[f"pq/{lb.name}" for lb in EVAL_LABELS]]
     eval_vocab = frame["eval vocab"].iloc[0] if len(frame) else ""
     text = "\n\n".join(
@@ -246,8 +254,12 @@ def write_report(
             f"# {title}",
             "PQ, SQ, RQ and mIoU x100 on the validation set (all 19 classes). "
             f"In / Out: the in- and out-of-vocabulary classes of configuration {eval_vocab}. "
-            "Seed row: the row of the seed's results table the approach reproduces." + legend,
-            _markdown(interval_cells(frame, references).rename(columns={"label": "seed row"}), main),
+            "Seed row: the row of the seed's results table the approach reproduces; seed PQ: "
+            "that row's numbers in the seed (Cityscapes, R50 unless noted), beside ours." + legend,
+            _markdown(
+                interval_cells(frame, references).rename(columns={"label": "seed row", "seed PQ": "seed PQ All / In / Out"}),
+                main,
+            ),
             "## Per-class PQ",
             _markdown(frame.rename(columns=lambda c: c.removeprefix("pq/")), [c.removeprefix("pq/") for c in per_class]),
         ]
