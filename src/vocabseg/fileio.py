@@ -22,14 +22,14 @@ from vocabseg.errors import InputError
 __all__ = [
     "read_json",
     "torch_load_checked",
+    "file_digest",
+    "folder_digest",
+    "move_aside",
     "atomic_path",
     "write_json_atomic",
     "write_text_atomic",
     "torch_save_atomic",
     "replace_dir",
-    "file_digest",
-    "folder_digest",
-    "move_aside",
 ]
 
 
