@@ -10,6 +10,7 @@ weights -> train -> eval.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -370,3 +371,38 @@ def test_cli_weights_train_eval_pipeline_writes_the_metric_keys(city, tmp_path, 
     bad_variant[bad_variant.index("--variant") + 1] = '{"extra": "moco"}'
     assert cli_main(bad_variant) == 1
     assert "extra" in capsys.readouterr().err
+
+
+def test_cli_training_restarts_when_its_labels_or_variant_change(city, tmp_path, capsys):
+    """A finished run is resumed (no steps) only with the same inputs; otherwise its
+    checkpoints are moved aside (kept) and training starts from scratch."""
+    labels = tmp_path / "labels"
+    shutil.copytree(city["train_labels"], labels)
+    recipe = {"iters": 2, "batch_size": 2, "augment": {"crop_size": list(SIZE)}, "log_every": 1, "checkpoint_every": 1}
+    state = tmp_path / "run" / "ckpt"
+
+    def run(variant: dict) -> list[str]:
+        """Train; return the lines that say why the checkpoints were set aside (or that it resumed)."""
+        args = ["contmav-train", "--image-root", str(city["train_images"]), "--label-root", str(labels),
+                "--unknown", *map(str, UNKNOWN), "--model", json.dumps({"preset": "tiny"}),
+                "--variant", json.dumps(variant), "--recipe", json.dumps(recipe), "--out", str(tmp_path / "model.pt"),
+                "--state-dir", str(state), "--metrics-log", str(state / "metrics.jsonl"), "--threads", "1"]
+        assert cli_main(args) == 0
+        err = capsys.readouterr().err.splitlines()
+        return [line for line in err if "training inputs changed" in line or "resumed from" in line]
+
+    assert run({}) == []
+    first = {p.name: p.read_bytes() for p in state.iterdir()}
+    label = sorted(labels.rglob("*_labelTrainIds.png"))[0]
+    pixels = np.array(Image.open(label))
+    pixels[0, 0] = VOID if pixels[0, 0] != VOID else 0
+    Image.fromarray(pixels).save(label)
+    [line] = run({})
+    assert "training inputs changed" in line and "(training labels)" in line
+    assert {n: (state.parent / "ckpt.stale-1" / n).read_bytes() for n in first} == first
+    assert [json.loads(r)["iter"] for r in (state / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    [line] = run({})
+    assert "resumed from" in line
+    [line] = run({"semantic": "focal"})
+    assert "(variant)" in line
+    assert sorted(p.name for p in state.parent.iterdir()) == ["ckpt", "ckpt.stale-1", "ckpt.stale-2"]

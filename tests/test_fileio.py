@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from vocabseg.errors import InputError
-from vocabseg.fileio import atomic_path, read_json, torch_load_checked, torch_save_atomic, write_json_atomic
+from vocabseg.fileio import (
+    atomic_path,
+    file_digest,
+    folder_digest,
+    move_aside,
+    read_json,
+    torch_load_checked,
+    torch_save_atomic,
+    write_json_atomic,
+)
 
 
 def test_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
@@ -52,3 +61,30 @@ def test_torch_load_checked_reads_tensors_and_names_the_file_otherwise(tmp_path)
     torch.save({"obj": _NotATensor()}, tmp_path / "code.pt")  # loads only with weights_only=False
     with pytest.raises(InputError, match=r"code\.pt: cannot read test weights \(UnpicklingError"):
         torch_load_checked(tmp_path / "code.pt", "test weights")
+
+
+def test_digests_follow_contents_or_listing(tmp_path):
+    root = tmp_path / "gt"
+    (root / "city").mkdir(parents=True)
+    (root / "city" / "a.png").write_bytes(b"abc")
+    (root / "b.png").write_bytes(b"xyz")
+    full, listing = folder_digest(root), folder_digest(root, contents=False)
+    assert file_digest(root / "b.png") == "3608bca1e44ea6c4d268eb6db02260269892c0b42b86bbf1e77a6fa16c3c9282"
+    (root / "b.png").write_bytes(b"xyw")  # same size, other bytes: only the full digest sees it
+    assert folder_digest(root) != full and folder_digest(root, contents=False) == listing
+    os.replace(root / "b.png", root / "c.png")  # a renamed file changes both
+    assert folder_digest(root, contents=False) != listing
+    with pytest.raises(InputError, match="missing: folder not found"):
+        folder_digest(tmp_path / "missing")
+    with pytest.raises(InputError, match="nothing.pt: cannot read"):
+        file_digest(tmp_path / "nothing.pt")
+
+
+def test_move_aside_keeps_everything_and_takes_the_next_free_number(tmp_path):
+    for n in (1, 2):
+        (tmp_path / "ckpt").mkdir()
+        (tmp_path / "ckpt" / "ckpt_5.pt").write_text(str(n))
+        assert move_aside(tmp_path / "ckpt", ".stale", f"run {n}") == tmp_path / f"ckpt.stale-{n}"
+    assert not (tmp_path / "ckpt").exists()
+    assert [(tmp_path / f"ckpt.stale-{n}" / "ckpt_5.pt").read_text() for n in (1, 2)] == ["1", "2"]
+    assert (tmp_path / "ckpt.stale-2" / "why.txt").read_text() == "run 2\n"

@@ -289,10 +289,80 @@ def test_resume_skips_a_truncated_newest_checkpoint(tmp_path, capsys, short_refe
     assert_bitwise_equal(_weights(tmp_path / "model.pt"), _weights(short_reference / "model.pt"))
 
 
+def _changed_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if "training inputs changed" in line]
+
+
+def test_changed_recipe_or_inputs_set_the_checkpoints_aside_and_train_from_scratch(
+    tmp_path, capsys, short_reference
+):
+    shutil.copytree(short_reference / "state", tmp_path / "state")
+    shutil.copy(short_reference / "metrics.jsonl", tmp_path / "metrics.jsonl")  # a log outside the state dir
+    before = {p.name: p.read_bytes() for p in (tmp_path / "state").iterdir()}
+    assert run_inprocess(tmp_path, iters=10, lr=2e-2).calls == 10  # from scratch, not resumed
+    [line] = _changed_lines(capsys.readouterr().err)
+    assert "(recipe key lr)" in line and "state.stale-1" in line and "training from scratch" in line
+    aside = tmp_path / "state.stale-1"
+    assert {p.name: p.read_bytes() for p in aside.iterdir() if p.name in before} == before  # nothing lost
+    assert "recipe key lr" in (aside / "why.txt").read_text()
+    assert (aside / "outside-metrics.jsonl").read_bytes() == (short_reference / "metrics.jsonl").read_bytes()
+    assert [r["iter"] for r in read_metrics(tmp_path)] == [5, 10]  # the new run's log only
+    assert run_inprocess(tmp_path, iters=10, lr=2e-2).calls == 0  # the same inputs resume as before
+
+    def run(inputs):
+        task = ToyTask()
+        with one_thread():
+            cfg = TrainConfig(**{**BASE, "iters": 10, "lr": 2e-2})
+            train(task, ShapesDataset(), cfg, **run_paths(tmp_path), inputs=inputs)
+        return task.calls
+
+    assert run({"text classifier": "aaa", "split": "s"}) == 10
+    assert "(text classifier, split)" in _changed_lines(capsys.readouterr().err)[0]
+    assert run({"text classifier": "bbb", "split": "s"}) == 10
+    [line] = _changed_lines(capsys.readouterr().err)
+    assert "(text classifier)" in line and "state.stale-3" in line
+    assert run({"text classifier": "bbb", "split": "s"}) == 0
+    assert not _changed_lines(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("state")) == [
+        "state", "state.stale-1", "state.stale-2", "state.stale-3"
+    ]
+
+
+def test_checkpoint_changes_name_recipe_keys_and_inputs_in_order():
+    fingerprint = json.dumps({"lr": 0.1, "seed": 0})
+    state = {"config": json.dumps({"lr": 0.2, "seed": 0}), "inputs": json.dumps({"b": "1", "a": "1", "gone": "x"})}
+    changes = trainer_module.checkpoint_changes(state, fingerprint, {"b": "2", "a": "1", "new": "y"})
+    assert changes == ["recipe key lr", "b", "new", "gone"]
+    assert trainer_module.checkpoint_changes({**state, "config": fingerprint}, fingerprint, {"b": "1", "a": "1", "gone": "x"}) == []
+    older = {"config": fingerprint}  # written before inputs were bound
+    assert trainer_module.checkpoint_changes(older, fingerprint, {}) == []
+    assert trainer_module.checkpoint_changes(older, fingerprint, {"a": "1"}) == [
+        "inputs (the checkpoint predates input binding)"
+    ]
+
+
+def test_model_construction_is_seeded_whatever_was_drawn_before():
+    def build(draws):
+        torch.rand(draws)
+        with trainer_module.seeded_construction(4, "toy", "finetune"):
+            net = PixelNet()
+        return net.state_dict(), torch.rand(1)
+
+    torch.manual_seed(11)
+    a, after_a = build(3)
+    torch.manual_seed(11)
+    b, after_b = build(1000)
+    assert_bitwise_equal(a, b)
+    torch.manual_seed(11)
+    torch.rand(1000)
+    assert torch.equal(after_b, torch.rand(1))  # the global generator went on as if untouched
+    with trainer_module.seeded_construction(4, "toy", "distill"):
+        other = PixelNet().state_dict()
+    assert not torch.equal(other["conv.weight"], a["conv.weight"])  # the job's identity counts
+
+
 def test_another_config_or_bad_setup_is_refused(tmp_path, short_reference):
     shutil.copytree(short_reference / "state", tmp_path / "state")
-    with pytest.raises(InputError, match=r"another training configuration.*'lr'"):
-        run_inprocess(tmp_path, iters=10, lr=2e-2)
     with pytest.raises(InputError, match="must differ"):
         train(
             ToyTask(),

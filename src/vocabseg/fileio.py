@@ -9,6 +9,7 @@ then renamed over the target with :func:`os.replace`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -21,6 +22,9 @@ from vocabseg.errors import InputError
 __all__ = [
     "read_json",
     "torch_load_checked",
+    "file_digest",
+    "folder_digest",
+    "move_aside",
     "atomic_path",
     "write_json_atomic",
     "write_text_atomic",
@@ -150,3 +154,50 @@ def replace_dir(new: Path | str, target: Path | str) -> None:
         os.replace(target, old)
     os.replace(new, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def file_digest(path: Path | str) -> str:
+    """sha256 hex of the bytes of the file at ``path``, read in a stream; :class:`InputError`
+    naming the file if it cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def folder_digest(path: Path | str, *, contents: bool = True) -> str:
+    """sha256 hex of the files under the folder ``path`` (recursively, hidden ones included).
+
+    Each file adds its relative POSIX path and then either the sha256 of its bytes
+    (``contents``) or, cheaply, only its size in bytes (for big image folders: a file
+    rewritten with other bytes of the same size goes unnoticed). Files are taken in
+    sorted path order, so the digest does not depend on the file system's order.
+    :class:`InputError` naming the folder if it is missing.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise InputError(f"{root}: folder not found")
+    digest = hashlib.sha256()
+    files = sorted(
+        os.path.relpath(os.path.join(top, name), root)
+        for top, _, names in os.walk(root)
+        for name in names
+    )
+    for rel in files:
+        full = root / rel
+        summary = file_digest(full) if contents else str(full.stat().st_size)
+        digest.update(f"{Path(rel).as_posix()}\0{summary}\n".encode())
+    return digest.hexdigest()
+
+
+def move_aside(folder: Path | str, suffix: str, note: str) -> Path:
+    """Rename ``folder`` to the first free ``<folder><suffix>-<n>`` (n = 1, 2, ...) beside it
+    and write ``note`` to ``why.txt`` in it; return the new path. Nothing is deleted."""
+    folder = Path(folder)
+    n = 1
+    while (aside := folder.with_name(f"{folder.name}{suffix}-{n}")).exists():
+        n += 1
+    os.replace(folder, aside)
+    write_text_atomic(note.rstrip("\n") + "\n", aside / "why.txt")
+    return aside

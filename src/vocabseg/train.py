@@ -19,6 +19,13 @@ Kinds (the approach decides the task; every kind trains on ``--train-json``):
   on their ``--fusion``; with ``--m2-in-only`` M2 learns only the in-class segments
   (the lower bound's targets), see :mod:`vocabseg.approaches.combined`; writes both
   models into one checkpoint.
+
+Reproducibility. The model is built from a generator seeded with the recipe's ``seed``
+and the kind (:func:`~vocabseg.engine.trainer.seeded_construction`), so its initial
+weights depend on nothing else. Every checkpoint is bound to :func:`training_inputs`:
+the recipe, kind, fusion, M2's targets, model spec and content digests of the files and
+folders in :data:`INPUT_FILES` / :data:`INPUT_FOLDERS`; a checkpoint of other inputs is
+moved aside and training starts from scratch (see :func:`vocabseg.engine.trainer.train`).
 """
 
 from __future__ import annotations
@@ -30,9 +37,27 @@ from pathlib import Path
 from typing import Sequence
 
 from vocabseg.errors import InputError, run_reporting_input_errors
-from vocabseg.fileio import read_json
+from vocabseg.fileio import file_digest, folder_digest, read_json
 
 KINDS = ("finetune", "distill", "combined")
+
+#: Command-line files that determine a run: argument -> the name the log gives it when
+#: it changes. Each is bound to the checkpoints by the sha256 of its bytes; a new input
+#: file of the trainer (e.g. a second model to start from) adds one line.
+INPUT_FILES = {
+    "init": "starting weights",
+    "init_m2": "starting weights of M2",
+    "text": "text classifier",
+    "split": "split",
+    "train_json": "training ground truth JSON",
+}
+#: Command-line folders that determine a run: argument -> (name, whether file contents
+#: are hashed). The training images are bound by their listing (relative paths and
+#: sizes) only, which is cheap for thousands of photos.
+INPUT_FOLDERS = {
+    "train_folder": ("training ground truth PNGs", True),
+    "image_root": ("training images", False),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +81,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def training_inputs(args: argparse.Namespace, recipe: dict) -> dict[str, str]:
+    """Everything besides the trainer's settings that determines a run, by name.
+
+    ``recipe``: the recipe keys the trainer's configuration does not hold
+    (``augment``, ``num_points``). Values are strings: the kind, fusion and model spec
+    themselves, sha256 digests of the :data:`INPUT_FILES` (and of a local
+    ``clip_pretrained`` file) and of the :data:`INPUT_FOLDERS`; absent optional files are
+    ``"-"``.
+    """
+    spec = json.loads(args.model)
+    inputs = {
+        "task kind": args.kind,
+        "fusion": str(args.fusion),
+        "M2 targets": "in-class only" if args.m2_in_only else "same as M1",
+        "model spec": json.dumps(spec, sort_keys=True),
+        **{f"recipe key {key}": json.dumps(value, sort_keys=True) for key, value in sorted(recipe.items())},
+    }
+    for arg, name in INPUT_FILES.items():
+        path = getattr(args, arg)
+        inputs[name] = "-" if path is None else file_digest(path)
+    for arg, (name, contents) in INPUT_FOLDERS.items():
+        inputs[name] = folder_digest(getattr(args, arg), contents=contents)
+    clip = spec.get("clip_pretrained") if isinstance(spec, dict) else None
+    if isinstance(clip, str) and Path(clip).is_file():
+        inputs["CLIP weights"] = file_digest(clip)
+    return inputs
+
+
 def run(args: argparse.Namespace) -> None:
     import torch
 
@@ -67,11 +120,13 @@ def run(args: argparse.Namespace) -> None:
     from vocabseg.data.panoptic_dataset import PanopticTrainDataset
     from vocabseg.data.transforms import AugmentConfig, TrainAugment
     from vocabseg.engine import TrainConfig, train
+    from vocabseg.engine.trainer import seeded_construction
     from vocabseg.models.fcclip import load_text_classifier
 
     recipe = json.loads(args.recipe)
-    augment = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.pop("augment").items()})
-    num_points = int(recipe.pop("num_points"))
+    extra = {key: recipe.pop(key) for key in ("augment", "num_points")}
+    augment = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in extra["augment"].items()})
+    num_points = int(extra["num_points"])
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig.from_dict(recipe)
@@ -84,24 +139,26 @@ def run(args: argparse.Namespace) -> None:
     if len(text.num_synonyms) != len(ids):
         raise InputError(f"{args.text}: text classifier has {len(text.num_synonyms)} classes, vocabulary {len(ids)}")
     spec = ModelSpec.from_json(args.model)
-    model = build_model(spec, args.init) if args.kind != "combined" else None
-    dataset = PanopticTrainDataset(args.train_json, args.train_folder, args.image_root, ids, TrainAugment(augment))
-    if args.kind == "finetune":
-        task = FinetuneTask(model, text, num_points=num_points)
-    elif args.kind == "distill":
-        if split is None or args.init is None:
-            raise InputError("--kind distill needs --split (its out-classes are distilled) and --init (the teacher)")
-        teacher = build_model(spec, args.init)
-        task = DistillTask(model, teacher, text, out_class_indices(split, ids), num_points=num_points)
-    else:
+    if args.kind == "distill" and (split is None or args.init is None):
+        raise InputError("--kind distill needs --split (its out-classes are distilled) and --init (the teacher)")
+    if args.kind == "combined":
         if args.fusion is None or (args.m2_in_only and split is None):
             raise InputError("--kind combined needs --fusion, and with --m2-in-only --split (M2 learns its in-classes)")
         check_fusion(args.fusion)
-        if args.m2_in_only:
-            dataset = InOnlyDataset(dataset, split["in_ids"])
-        pair = build_training_pair(spec, args.init, args.init_m2, fusion=args.fusion)
-        task = CombinedTask(pair, text, num_points=num_points, m2_in_only=args.m2_in_only)
-    train(task, dataset, cfg, out=args.out, state_dir=args.state_dir, metrics_log=args.metrics_log)
+    dataset = PanopticTrainDataset(args.train_json, args.train_folder, args.image_root, ids, TrainAugment(augment))
+    with seeded_construction(cfg.seed, "fcclip", args.kind):
+        if args.kind == "finetune":
+            task = FinetuneTask(build_model(spec, args.init), text, num_points=num_points)
+        elif args.kind == "distill":
+            model, teacher = build_model(spec, args.init), build_model(spec, args.init)
+            task = DistillTask(model, teacher, text, out_class_indices(split, ids), num_points=num_points)
+        else:
+            if args.m2_in_only:
+                dataset = InOnlyDataset(dataset, split["in_ids"])
+            pair = build_training_pair(spec, args.init, args.init_m2, fusion=args.fusion)
+            task = CombinedTask(pair, text, num_points=num_points, m2_in_only=args.m2_in_only)
+    inputs = training_inputs(args, extra)
+    train(task, dataset, cfg, out=args.out, state_dir=args.state_dir, metrics_log=args.metrics_log, inputs=inputs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

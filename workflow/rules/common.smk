@@ -29,6 +29,7 @@ except WorkflowError as err:
     raise WorkflowError(config_error(err)) from None
 
 STUDY = config["study"]
+SEED = config["seed"]  # the one seed of every job (docs/reproducibility.md)
 DATASET = config["dataset"]["name"]
 KIND = config["dataset"]["kind"]
 EVAL_VOCAB = config["eval_vocab"]
@@ -121,11 +122,10 @@ def recipe_json(iters, **changes):
             "warmup_iters",
             "checkpoint_every",
             "log_every",
-            "seed",
             "num_points",
         )
     }
-    recipe.update(changes, iters=iters)
+    recipe.update(changes, iters=iters, seed=t.get("seed", SEED))
     recipe["augment"] = {
         "crop_size": t["crop"],
         "min_scale": t["min_scale"],

@@ -71,7 +71,7 @@ rule contmav_train:
         known=OW_KNOWN_ARG,
         model=lambda wc: ow_variant_json(wc.variant, "model"),
         loss=lambda wc: ow_variant_json(wc.variant, "loss"),
-        recipe=json.dumps(OW_RECIPE),
+        recipe=json.dumps({"seed": SEED, **OW_RECIPE}),
         state=lambda wc: f"{OW_RESULTS}/models/{wc.variant}/ckpt",
         nproc=nproc,
     shell:

@@ -26,9 +26,10 @@ if PRETRAIN_BASE:
             steps=config["pretrain"]["clip_steps"],
             # the resolution FC-CLIP later sees: region features do not carry over sizes
             size=config["dataset"]["synthetic"],
+            seed=SEED,
         shell:
             "vocabseg pretrain-clip --raw {input} --out {output} --steps {params.steps}"
-            " --height {params.size[height]} --width {params.size[width]}"
+            " --height {params.size[height]} --width {params.size[width]} --seed {params.seed}"
             " --threads {threads} > {log} 2>&1"
 
     rule pretrain_base:

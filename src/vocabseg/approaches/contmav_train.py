@@ -72,9 +72,16 @@ from torch import Tensor, nn
 
 from vocabseg.approaches.contmav_inference import MavStats
 from vocabseg.data.semantic_dataset import NUM_TRAIN_IDS, VOID, SemanticDataset, contmav_augment
-from vocabseg.engine.trainer import TrainConfig, stable_int, train
+from vocabseg.engine.trainer import TrainConfig, seeded_construction, stable_int, train
 from vocabseg.errors import InputError
-from vocabseg.fileio import read_json, torch_load_checked, torch_save_atomic, write_json_atomic
+from vocabseg.fileio import (
+    file_digest,
+    folder_digest,
+    read_json,
+    torch_load_checked,
+    torch_save_atomic,
+    write_json_atomic,
+)
 from vocabseg.losses.contmav import (
     ContMAVCriterion,
     ContMAVLossConfig,
@@ -543,8 +550,13 @@ def train_contmav(
     :class:`~vocabseg.engine.trainer.TrainConfig`, ``epochs`` or ``iters``,
     ``augment`` {crop_size, min_scale, max_scale, flip, hsv_jitter}, ``unknown_as``).
     ``class_weights``: the :func:`write_class_weights` file (None = unweighted).
-    The network is initialised from ``torch.manual_seed(seed)`` (the recipe's ``seed``,
-    default 0), so a run depends on its arguments only.
+    The network is initialised from a generator seeded with the recipe's ``seed``
+    (default 0; :func:`~vocabseg.engine.trainer.seeded_construction`), so a run depends
+    on its arguments only. The checkpoints are bound to the recipe, ``model``,
+    ``variant``, the known classes and the digests of the class-weight file, the label
+    folder (file contents) and the image folder (relative paths and sizes only, cheap
+    for thousands of photos): a checkpoint of other inputs is moved aside and training
+    starts from scratch.
     """
     settings, augment, unknown_as = _recipe(recipe)
     dataset = SemanticDataset(
@@ -562,11 +574,20 @@ def train_contmav(
         settings["iters"] = epochs * math.ceil(len(dataset) / batch)
     cfg = TrainConfig.from_dict(settings)
     weights = None if class_weights is None else read_class_weights(class_weights, space.known)
-    with torch.random.fork_rng(devices=[]):  # the initial weights depend on the recipe's seed only
-        torch.manual_seed(cfg.seed)
+    with seeded_construction(cfg.seed, "contmav"):
         net = build_contmav_model(model, space.num_known, augment["crop_size"])
     task = ContMAVTask(net, weights, ContMAVVariant.from_dict(variant), space.known)
-    train(task, dataset, cfg, out=out, state_dir=state_dir, metrics_log=metrics_log)
+    inputs = {
+        "model spec": json.dumps(dict(model), sort_keys=True),
+        "variant": json.dumps(task.variant.to_dict(), sort_keys=True),
+        "known classes": json.dumps(list(space.known)),
+        "recipe key augment": json.dumps(augment, sort_keys=True),
+        "recipe key unknown_as": unknown_as,
+        "class weights": "-" if class_weights is None else file_digest(class_weights),
+        "training labels": folder_digest(label_root),
+        "training images": folder_digest(image_root, contents=False),
+    }
+    train(task, dataset, cfg, out=out, state_dir=state_dir, metrics_log=metrics_log, inputs=inputs)
 
 
 def known_from_unknown(unknown: Sequence[int]) -> list[int]:

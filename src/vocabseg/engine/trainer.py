@@ -77,9 +77,15 @@ Files.
   ``torch.load(weights_only=True)`` reads them.
   ``state_dir`` must not be a Snakemake output, so it survives failed attempts.
 * At start the newest checkpoint that loads cleanly is resumed (unreadable ones are
-  skipped with a log line). One written with another training configuration, or
-  for another model, raises :class:`~vocabseg.errors.InputError`: delete
-  ``state_dir`` to start over.
+  skipped with a log line). Every checkpoint is bound to what determines the run: the
+  training configuration and the caller's named ``inputs`` (e.g. content digests of
+  the starting weights, the text classifier, the ground truth; see :func:`train`). If
+  either differs, nothing is resumed and nothing is deleted: ``state_dir`` is renamed
+  to ``<state_dir>.stale-<n>`` (the first free n) with a ``why.txt`` saying what
+  changed (a ``metrics_log`` outside ``state_dir`` moves into it too), one log line
+  names the change (``recipe key lr``, ``text classifier``, ...) and training starts
+  from scratch. A checkpoint of matching inputs that does not fit the model (or the
+  task's state) raises :class:`~vocabseg.errors.InputError`.
 * ``metrics_log``: one JSON line per ``log_every`` iterations (and the last) from
   rank 0: ``{"iter", "lr", "loss", <each loss term>, "sec_per_iter"}``: ``lr`` of
   iteration ``iter``, the others the mean over the iterations since the previous
@@ -100,6 +106,7 @@ iterations since the last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -113,7 +120,7 @@ from bisect import bisect_right
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -132,6 +139,7 @@ from vocabseg.engine.distributed import (
     world_size,
 )
 from vocabseg.errors import InputError
+from vocabseg.fileio import move_aside
 
 __all__ = [
     "TrainConfig",
@@ -148,6 +156,8 @@ __all__ = [
     "batch_plan",
     "list_checkpoints",
     "find_checkpoint",
+    "checkpoint_changes",
+    "seeded_construction",
 ]
 
 PREEMPTED_EXIT_CODE = 143
@@ -537,6 +547,36 @@ def _fingerprint(cfg: TrainConfig, use_amp: bool) -> str:
     return json.dumps(values, sort_keys=True)
 
 
+def checkpoint_changes(state: Mapping[str, Any], fingerprint: str, inputs: Mapping[str, str]) -> list[str]:
+    """What differs between a checkpoint's binding and the current run, in words.
+
+    ``state``: a checkpoint (its ``"config"`` fingerprint and ``"inputs"``, a JSON
+    object of name -> digest; absent in checkpoints written before inputs were bound).
+    Returns e.g. ``["recipe key lr", "text classifier"]``; empty when the checkpoint
+    belongs to this run.
+    """
+    saved, now = json.loads(state["config"]), json.loads(fingerprint)
+    changes = [f"recipe key {k}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    if "inputs" not in state:
+        if inputs:
+            changes.append("inputs (the checkpoint predates input binding)")
+        return changes
+    saved_inputs = json.loads(state["inputs"])
+    keys = list(inputs) + sorted(set(saved_inputs) - set(inputs))
+    return changes + [k for k in keys if saved_inputs.get(k) != inputs.get(k)]
+
+
+@contextlib.contextmanager
+def seeded_construction(seed: int, *identity: object) -> Iterator[None]:
+    """Build a model inside this block to get initial weights that depend on ``seed`` and
+    ``identity`` only (never on random numbers drawn before); the global torch RNG is
+    restored afterwards. ``identity`` names the job (e.g. ``"fcclip", "finetune"``), never
+    anything run-specific such as the study name."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(stable_int("model", int(seed), *identity))
+        yield
+
+
 def _frozen_names(model: nn.Module) -> set[str]:
     return {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
 
@@ -583,9 +623,17 @@ class _Trainer:
     """State of one :func:`train` call (model, optimiser, schedule, files)."""
 
     def __init__(
-        self, task: TrainTask, dataset: Any, cfg: TrainConfig, out: Path, state_dir: Path, metrics_log: Path
+        self,
+        task: TrainTask,
+        dataset: Any,
+        cfg: TrainConfig,
+        out: Path,
+        state_dir: Path,
+        metrics_log: Path,
+        inputs: Mapping[str, str],
     ):
         self.task, self.dataset, self.cfg = task, dataset, cfg
+        self.inputs = {str(k): str(v) for k, v in inputs.items()}
         self.out, self.state_dir, self.metrics_log = out, state_dir, metrics_log
         self.world, self.rank = world_size(), rank()
         self.device = device()
@@ -620,6 +668,7 @@ class _Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "config": self.fingerprint,
+                "inputs": json.dumps(self.inputs, sort_keys=True),
             }
             if task_state is not None:
                 state["task"] = task_state
@@ -633,6 +682,11 @@ class _Trainer:
             for stale in self.state_dir.glob(".ckpt_*.tmp"):
                 stale.unlink(missing_ok=True)
             found = find_checkpoint(self.state_dir)
+            if found is not None:
+                changes = checkpoint_changes(found[2], self.fingerprint, self.inputs)
+                if changes:
+                    self.set_aside(found[1], changes)
+                    found = None
         iteration = broadcast_int(found[0] if found else -1)
         if iteration < 0:
             return 0
@@ -641,13 +695,6 @@ class _Trainer:
             state = _read_checkpoint(path)
         else:
             _, path, state = found
-        if state["config"] != self.fingerprint:
-            saved, now = json.loads(state["config"]), json.loads(self.fingerprint)
-            diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-            raise InputError(
-                f"{path}: written with another training configuration (differs in {diff}); "
-                f"delete {self.state_dir} to start over"
-            )
         frozen = _frozen_names(self.model)
         try:
             result = self.model.load_state_dict(state["model"], strict=False)
@@ -663,10 +710,26 @@ class _Trainer:
                 self.task.load_state_dict(state["task"])
         except (RuntimeError, ValueError, KeyError, InputError) as err:
             raise InputError(
-                f"{path}: does not fit this model ({err}); delete {self.state_dir} to start over"
+                f"{path}: does not fit this model ({err}); move {self.state_dir} away to start over"
             ) from None
         _log(f"resumed from {path}")
         return iteration
+
+    def set_aside(self, checkpoint: Path, changes: list[str]) -> None:
+        """Rank 0: move the checkpoints of other inputs aside (never delete them), say why."""
+        what = ", ".join(changes)
+        log = self.metrics_log
+        outside = log.exists() and not log.resolve().is_relative_to(self.state_dir.resolve())
+        if outside:
+            os.replace(log, self.state_dir / f"outside-{log.name}")
+        aside = move_aside(
+            self.state_dir,
+            ".stale",
+            f"{checkpoint.name} was written for other training inputs: {what}\n"
+            + (f"outside-{log.name} is the metrics log {log} of that run\n" if outside else ""),
+        )
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        _log(f"training inputs changed since {checkpoint} ({what}): moved it aside to {aside}; training from scratch")
 
     # -- metrics ---------------------------------------------------------------------
 
@@ -826,7 +889,14 @@ class _StopRequest:
 
 
 def train(
-    task: TrainTask, dataset: Any, cfg: TrainConfig, *, out: Path, state_dir: Path, metrics_log: Path
+    task: TrainTask,
+    dataset: Any,
+    cfg: TrainConfig,
+    *,
+    out: Path,
+    state_dir: Path,
+    metrics_log: Path,
+    inputs: Mapping[str, str] | None = None,
 ) -> None:
     """Train ``task.model`` on ``dataset`` for ``cfg.iters`` iterations, resuming if possible.
 
@@ -838,11 +908,17 @@ def train(
         out: final weights, written by ``task.export`` after the last iteration.
         state_dir: checkpoint folder (created; must differ from ``out``).
         metrics_log: JSONL metrics file (appended).
+        inputs: what else determines the run besides ``cfg``, as ``{name: value}``
+            strings (content digests of input files, the model spec, the task kind, ...);
+            stored in every checkpoint. A checkpoint whose ``cfg`` or ``inputs`` differ is
+            moved aside and training starts from scratch, naming the first differing
+            entries (see "Files" in the module docstring). Names are what the log says,
+            so use words: ``"text classifier"``, ``"starting weights"``.
 
     Joins the ``torchrun`` process group if the environment describes one (and
     leaves it initialised). Raises :class:`Preempted` (exit status 143) after
     checkpointing when SIGTERM or SIGUSR1 arrives, :class:`InputError` on a bad
-    configuration or an incompatible checkpoint.
+    configuration or a checkpoint of the same inputs that does not fit the model.
     """
     cfg.validate()
     out, state_dir, metrics_log = Path(out), Path(state_dir), Path(metrics_log)
@@ -855,7 +931,7 @@ def train(
         raise InputError(
             f"training config key batch_size: {cfg.batch_size} is not divisible by {world_size()} processes"
         )
-    trainer = _Trainer(task, dataset, cfg, out, state_dir, metrics_log)
+    trainer = _Trainer(task, dataset, cfg, out, state_dir, metrics_log, inputs or {})
     with _StopRequest() as stop:
         if is_main():
             state_dir.mkdir(parents=True, exist_ok=True)
