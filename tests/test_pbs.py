@@ -334,7 +334,8 @@ def test_torque_is_detected_from_the_rejected_F_option():
     "answers",
     [
         [(153, "pbspro_unknown.stderr", "err")],
-        [(15, "pbspro_no_history.stderr", "err")],
+        # no job history: asked again without -x, the finished job is unknown
+        [(0, "pbspro_no_history.stderr", "err"), (153, "pbspro_unknown.stderr", "err")],
         [(2, "torque_rejects_F.stderr", "err"), (153, "torque_unknown.stderr", "err")],
     ],
 )
@@ -452,6 +453,79 @@ def test_standins_success_failure_walltime_and_qdel(tmp_path, flavor):
     assert wait_for(slow, forget, tmp_path) == "failed"  # killed: no marker
 
 
+def standin_job(tmp_path: Path, env: dict, name: str, command: str, *options: str) -> str:
+    """Submit ``command`` in the profile's jobscript to the stand-in server; its job id."""
+    script = render_jobscript(tmp_path / f"{name}.sh", props("stub"), command)
+    (tmp_path / "logs").mkdir(exist_ok=True)
+    args = ["qsub", "-N", name, *options, "-j", "oe", "-o", str(tmp_path / "logs" / f"{name}.log"), str(script)]
+    return subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, check=True).stdout.strip()
+
+
+def status(jobid: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(PROFILE / "pbs_status.py"), jobid], capture_output=True, text=True, env=env, cwd=cwd, timeout=60
+    )
+
+
+def test_server_outage_is_never_a_failure(tmp_path):
+    """qstat exits 255 with "cannot connect" and a JSON skeleton: retried, then running."""
+    env = standin_env(tmp_path, VOCABSEG_PBS_STATUS_PAUSES="0.1,0.1")
+    jobid = standin_job(tmp_path, env, "short", "sleep 2 && exit 0 || exit 1")
+    (tmp_path / "pbs" / "server_down").touch()
+    res = status(jobid, env, tmp_path)
+    assert res.stdout == "running\n"
+    assert f"{jobid}: qstat exit 255: Connection refused" in res.stderr
+    assert res.stderr.count("assuming the job is still running") == 1
+    # the job ends while the server is down: still no answer, so "running" ...
+    time.sleep(2.5)
+    assert status(jobid, env, tmp_path).stdout == "running\n"
+    # ... until the server answers again
+    (tmp_path / "pbs" / "server_down").unlink()
+    assert wait_for(jobid, env, tmp_path) == "success"
+
+
+def test_server_without_job_history_reports_live_jobs_running(tmp_path):
+    env = standin_env(tmp_path, FAKEPBS_NO_HISTORY="1")
+    slow = standin_job(tmp_path, env, "slow", "sleep 3 && exit 0 || exit 1")
+    bad = standin_job(tmp_path, env, "bad", "sleep 1; exit 4")
+    time.sleep(0.5)
+    # -x answers "not configured to maintain job history" with exit 0 for running jobs too
+    assert status(slow, env, tmp_path).stdout == "running\n"
+    assert wait_for(bad, env, tmp_path) == "failed"  # its exit marker says 4
+    assert (tmp_path / f".snakemake/pbs/{bad}.exit").read_text() == "4\n"
+    assert wait_for(slow, env, tmp_path) == "success"
+
+
+def test_job_that_can_never_run_fails_with_the_schedulers_comment(tmp_path):
+    env = standin_env(tmp_path, FAKEPBS_NODE="ncpus=4,mem=24105mb")
+    jobid = standin_job(tmp_path, env, "big", "exit 0", "-l", "select=1:ncpus=2:mem=64000mb")
+    time.sleep(0.5)
+    res = status(jobid, env, tmp_path)
+    assert res.stdout == "failed\n"
+    assert (
+        "Can Never Run: Insufficient amount of resource: mem (R: 64000mb A: 24105mb T: 24105mb)"
+        in res.stderr
+    )
+    # deleted, so it does not wait in the queue for ever
+    answer = subprocess.run(["qstat", "-f", "-F", "json", "-x", jobid], capture_output=True, text=True, env=env)
+    job = json.loads(answer.stdout)["Jobs"][jobid]
+    assert (job["job_state"], job["substate"]) == ("F", 91)
+
+
+def test_deleted_job_is_never_a_success(tmp_path):
+    """A root job deleted while running can show Exit_status 0 (substate 91)."""
+    env = standin_env(tmp_path)
+    jobid = standin_job(tmp_path, env, "gone", "exit 0")
+    wait_for(jobid, env, tmp_path)
+    path = tmp_path / "pbs" / "jobs" / jobid.split(".")[0] / "state.json"
+    state = json.loads(path.read_text())
+    path.write_text(json.dumps({**state, "outcome": "deleted", "exit_status": 0}))
+    answer = subprocess.run(["qstat", "-f", "-F", "json", "-x", jobid], capture_output=True, text=True, env=env)
+    job = json.loads(answer.stdout)["Jobs"][jobid]
+    assert (job["substate"], job["Exit_status"]) == (91, 0)
+    assert status(jobid, env, tmp_path).stdout == "failed\n"
+
+
 # ---------------------------------------------------------------- the workflow through the profile
 
 
@@ -520,11 +594,14 @@ def test_tiny_study_runs_through_the_pbs_profile(tmp_path):
 
 
 @pytest.mark.workflow
-def test_walltime_killed_job_is_resubmitted_with_more_time(tmp_path):
+@pytest.mark.parametrize("history", ["1", "0"])
+def test_walltime_killed_job_is_resubmitted_with_more_time(tmp_path, history):
     """A job past its walltime is reported failed and retried with attempt + 1.
 
     A two-rule workflow of its own: the runtime grows with the attempt, the stand-in
     enforces walltime at 4 s per minute (8 s, then 16 s), and the job needs over 9 s.
+    Without job history the running job is still running (not failed at its first
+    check) and the killed one, which left no exit marker, failed.
     """
     (tmp_path / "Snakefile").write_text(
         "rule all:\n"
@@ -534,7 +611,7 @@ def test_walltime_killed_job_is_resubmitted_with_more_time(tmp_path):
         "    resources: runtime=lambda wc, attempt: 2 * attempt\n"
         "    shell: 'sleep 9 && echo {resources.runtime} > {output}'\n"
     )
-    env = standin_env(tmp_path, FAKEPBS_SECONDS_PER_MINUTE="4")
+    env = standin_env(tmp_path, FAKEPBS_SECONDS_PER_MINUTE="4", FAKEPBS_NO_HISTORY=str(1 - int(history)))
     cmd = [
         sys.executable,
         "-m",

@@ -29,7 +29,7 @@ Behaviour, as PBS where the profile depends on it:
   processes in the job's session only. A process that starts its own session escapes it.
 * ``qstat -f [-F json] [-x] <id>...``. ``FAKEPBS_NO_HISTORY=1``: a server with
   ``job_history_enable=False`` (``-x`` is refused for every job, finished jobs are
-  unknown). A file ``$FAKEPBS_DIR/server_down``: the server does not answer.
+  unknown; Torque: finished jobs are unknown). A file ``$FAKEPBS_DIR/server_down``: the server does not answer.
   ``FAKEPBS_FLAVOR=torque``: qstat rejects ``-F`` and answers ``-f -x`` in Torque's XML.
 
 Every submission's argument list is appended to ``$FAKEPBS_DIR/submissions.jsonl`` so tests
@@ -592,7 +592,7 @@ def qstat(argv: list[str]) -> int:
     code, listed, live_refused = 0, [], False
     for jobid in ids:
         job = read_state(jobid)
-        if no_history and "-x" in argv:
+        if no_history and "-x" in argv and flavor == "pro":  # Torque just forgets them
             print(f"qstat: PBS is not configured to maintain job history {jobid}", file=sys.stderr)
             live_refused |= job is not None and job["state"] != "F"
         elif job is None or (no_history and job["state"] == "F"):
