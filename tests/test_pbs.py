@@ -467,6 +467,26 @@ def status(jobid: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+def test_unknown_gpu_resource_is_named_with_what_to_do(tmp_path, monkeypatch):
+    """OpenPBS has no built-in ngpus: qsub exits 187 "Unknown resource: ngpus"."""
+    p = props("train", wildcards={"approach": "lowerbound"}, gpu=1, cpus_per_gpu=2, mem_mb=1000)
+    script = render_jobscript(tmp_path / "job.sh", p, f"{sys.executable} -m snakemake --attempt 1")
+    for key, value in standin_env(tmp_path, FAKEPBS_CUSTOM_RESOURCES="gpus").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError) as refused:
+        sub.submit(str(script))
+    message = str(refused.value)
+    assert "qsub failed (exit 187): qsub: Unknown resource: ngpus" in message
+    assert "does not define the resource 'ngpus'" in message
+    assert 'qmgr -c "create resource ngpus type=long, flag=nh"' in message and "pbs_gpu_resource" in message
+    # the site counts GPUs as "gpus": the profile names it
+    script = render_jobscript(tmp_path / "job.sh", {**p, "resources": {**p["resources"], "pbs_gpu_resource": "gpus"}}, "true")
+    jobid = sub.submit(str(script))
+    assert option(submissions(tmp_path)[-1], "-l") == ["select=1:ncpus=2:mem=1000mb:gpus=1"]
+    assert jobid.endswith(".standin")
+
+
 def test_server_outage_is_never_a_failure(tmp_path):
     """qstat exits 255 with "cannot connect" and a JSON skeleton: retried, then running."""
     env = standin_env(tmp_path, VOCABSEG_PBS_STATUS_PAUSES="0.1,0.1")
