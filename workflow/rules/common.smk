@@ -199,6 +199,14 @@ def train_inputs(approach):
     }
 
 
+# Start of a training command: torchrun's launcher with one process per GPU (params.nproc),
+# keeping the workers in the job's session (PBS/SLURM accounting, limits, kills) and
+# passing a preempted trainer's exit 143 on (vocabseg.engine.launch).
+TORCHRUN = (
+    "python -m vocabseg.engine.launch --standalone --nnodes=1 --nproc_per_node={params.nproc}"
+)
+
+
 def nproc(wildcards, resources):
     """Processes for torchrun: one per GPU, one on a CPU-only job."""
     return max(1, int(resources.gpu))

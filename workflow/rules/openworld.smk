@@ -75,7 +75,7 @@ rule contmav_train:
         state=lambda wc: f"{OW_RESULTS}/models/{wc.variant}/ckpt",
         nproc=nproc,
     shell:
-        "torchrun --standalone --nnodes=1 --nproc_per_node={params.nproc} -m vocabseg.cli contmav-train"
+        TORCHRUN + " -m vocabseg.cli contmav-train"
         " {params.roots} {params.known} --weights {input.weights}"
         " --model {params.model:q} --variant {params.loss:q} --recipe {params.recipe:q}"
         " --out {output} --state-dir {params.state} --metrics-log {params.state}/metrics.jsonl"

@@ -59,7 +59,7 @@ if PRETRAIN_BASE:
             state=f"{RESULTS}/models/base/ckpt",
             nproc=nproc,
         shell:
-            "torchrun --standalone --nnodes=1 --nproc_per_node={params.nproc} -m vocabseg.train"
+            TORCHRUN + " -m vocabseg.train"
             " --kind finetune --model {params.model:q} --text {input.text}"
             " --train-json {input.prepared}/cityscapes_panoptic_train.json"
             " --train-folder {input.prepared}/cityscapes_panoptic_train"
