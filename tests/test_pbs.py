@@ -92,13 +92,14 @@ def test_gpu_job_asks_for_gpus_their_cores_and_the_site_gpu_model(tmp_path):
         gpu_model="A100",
         pbs_gpu_attribute="gpu_type",
     )
+    p["log"] = ["logs/s1/train/lowerbound.log"]  # the job log goes next to the rule's, per study
     text = "cd /w && /opt/env/bin/python3.11 -m snakemake --target-jobs 'train:approach=lowerbound' --attempt 3"
     args = sub.qsub_args(p, "/x/job.sh", text, workdir=str(tmp_path))
     assert option(args, "-l") == [
         "select=1:ncpus=16:mem=32000mb:ngpus=2:gpu_type=A100",
         "walltime=12:00:00",
     ]
-    assert option(args, "-o") == [str(tmp_path / "logs/pbs/train/lowerbound.attempt3.log")]
+    assert option(args, "-o") == [str(tmp_path / "logs/s1/train/lowerbound.pbs.attempt3.log")]
     # the job gets the bin folder of the Python that runs it
     assert option(args, "-v") == ["VOCABSEG_ENV_BIN=/opt/env/bin"]
     # threads above gpu * cpus_per_gpu win
@@ -605,12 +606,13 @@ def test_tiny_study_runs_through_the_pbs_profile(tmp_path):
         assert select.startswith("select=1:ncpus=") and ":mem=" in select and "ngpus" not in select
         assert wall.startswith("walltime=")
         log = Path(option(args, "-o")[0])
-        assert log.is_relative_to(tmp_path / "logs/pbs") and log.exists()
+        assert log.is_relative_to(tmp_path / "logs") and log.exists()
     # every job ran its command to the end and said so
     markers = sorted((tmp_path / ".snakemake/pbs").glob("*.exit"))
     assert len(markers) == len(subs) and {m.read_text() for m in markers} == {"0\n"}
     evaluate = next(a for a in subs if option(a, "-N") == ["evaluate.oracle"])
-    assert option(evaluate, "-o")[0].endswith("logs/pbs/evaluate/oracle.attempt1.log")
+    # per study, next to the rule's log
+    assert option(evaluate, "-o")[0].endswith(f"logs/{TINY['study']}/evaluate/oracle.pbs.attempt1.log")
 
 
 @pytest.mark.workflow
@@ -759,3 +761,9 @@ def test_training_runs_through_the_pbs_profile_asking_for_gpus(tmp_path):
         (tmp_path / "results/tinyfc/models/lowerbound/ckpt/metrics.jsonl").read_text().splitlines()
     )
     assert json.loads(log[-1])["iter"] == 2
+    # the trainer's output: one numbered file per run, the rule's log links to the newest;
+    # the PBS job's own log per attempt beside it
+    logs = tmp_path / "logs/tinyfc/train"
+    assert os.readlink(logs / "lowerbound.log") == "lowerbound.run1.log"
+    assert (logs / "lowerbound.run1.log").read_text().startswith("launch: run 1 of this job")
+    assert (logs / "lowerbound.pbs.attempt1.log").exists()

@@ -22,8 +22,9 @@ Resource mapping (the rules' standard resources plus site settings from the prof
                                      "torque":        -l nodes=1:ppn=..[:gpus=..],mem=..
     pbs_extra                   ->  further qsub arguments, split like a shell would
 
-The job's output and error go to one file, ``logs/pbs/<rule>/<wildcards>.attempt<N>.log``
-(``-j oe -o``), below the directory Snakemake runs in. The bin folder of the Python
+The job's output and error go to one file per attempt (``-j oe -o``), next to the rule's
+log: ``logs/<study>/<rule>/<wildcards>.pbs.attempt<N>.log`` (see log_path), below the
+directory Snakemake runs in. The bin folder of the Python
 that runs the job (read from the jobscript's command) is passed as VOCABSEG_ENV_BIN
 (``qsub -v``); the profile's jobscript puts it first on PATH, so the job finds
 ``vocabseg`` and ``torchrun`` without inheriting the login shell's environment.
@@ -193,9 +194,17 @@ def resource_request(props: dict) -> list[str]:
 
 
 def log_path(props: dict, jobscript_text: str, root: str = LOG_ROOT) -> str:
-    """``<root>/<rule>/<wildcards>.attempt<N>.log`` (one file per attempt of a job)."""
+    """One file per attempt of a job, next to the rule's log so that it is per study.
+
+    Rule log ``logs/<study>/train/a.log`` -> ``logs/<study>/train/a.pbs.attempt<N>.log``;
+    a job without a rule log (group jobs) -> ``<root>/<rule>/<wildcards>.attempt<N>.log``.
+    """
     match = ATTEMPT.search(jobscript_text)
     attempt = match.group(1) if match else "1"
+    logs = props.get("log") or []
+    if props.get("type") != "group" and logs:
+        stem = logs[0][: -len(".log")] if logs[0].endswith(".log") else logs[0]
+        return f"{stem}.pbs.attempt{attempt}.log"
     return os.path.join(root, job_label(props), f"{wildcard_label(props)}.attempt{attempt}.log")
 
 
@@ -214,7 +223,7 @@ def qsub_args(
     Example (rule train, 2 GPUs with cpus_per_gpu=8, mem_mb=32000, runtime=720, queue gpu)::
 
         qsub -N train.lowerbound -S /bin/bash -l select=1:ncpus=16:mem=32000mb:ngpus=2
-             -l walltime=12:00:00 -q gpu -j oe -o <workdir>/logs/pbs/train/lowerbound.attempt1.log
+             -l walltime=12:00:00 -q gpu -j oe -o <workdir>/logs/<study>/train/lowerbound.pbs.attempt1.log
              -v VOCABSEG_ENV_BIN=<venv>/bin <jobscript>
     """
     res = props.get("resources") or {}

@@ -14,7 +14,8 @@ Behaviour, as PBS where the profile depends on it:
 * ``qsub [options] script`` prints ``<n>.<server>`` and runs the script in the background
   as the session leader of a new session (as PBS's execution daemon does), with a bare
   environment (PATH=/usr/bin:/bin, HOME, PBS_JOBID, PBS_JOBNAME, PBS_O_WORKDIR, ``-v``
-  variables), in a scratch home folder, stdout and stderr joined into the ``-o`` file.
+  variables; and the submitter's PYTHONPATH, which a real job gets only with ``-V``, so that
+  tests of a source checkout run its code in the jobs), in a scratch home folder, stdout and stderr joined into the ``-o`` file.
   Resources named in ``-l`` must be known: the built-in ones plus
   ``FAKEPBS_CUSTOM_RESOURCES`` (comma-separated, default ``ngpus``, as a site that defined
   it); otherwise "qsub: Unknown resource: <name>", exit 187.
@@ -391,6 +392,8 @@ def run(jobid: str) -> int:
         "FAKEPBS_DIR": os.environ["FAKEPBS_DIR"],
     }
     env.update({k: v for k, v in state["variables"].items() if not k.startswith("PBS_O_")})
+    if os.environ.get("PYTHONPATH"):  # tests of a source checkout: its code in the jobs too
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     if "-V" in opts:
         env.update(os.environ)
     out = state["output_path"].split(":", 1)[1]

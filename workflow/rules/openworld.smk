@@ -79,7 +79,7 @@ rule contmav_train:
         " {params.roots} {params.known} --weights {input.weights}"
         " --model {params.model:q} --variant {params.loss:q} --recipe {params.recipe:q}"
         " --out {output} --state-dir {params.state} --metrics-log {params.state}/metrics.jsonl"
-        " --threads {threads} > {log} 2>&1"
+        " --threads {threads}"
 
 
 rule contmav_eval:

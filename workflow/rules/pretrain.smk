@@ -65,7 +65,7 @@ if PRETRAIN_BASE:
             " --train-folder {input.prepared}/cityscapes_panoptic_train"
             " --image-root {input.raw}/leftImg8bit/train --recipe {params.recipe:q}"
             " --out {output} --state-dir {params.state} --metrics-log {params.state}/metrics.jsonl"
-            " --threads {threads} > {log} 2>&1"
+            " --threads {threads}"
 
 else:
 

@@ -47,7 +47,7 @@ rule train:
         " {params.split} --train-json {input.gt_json} --train-folder {input.gt_folder}"
         " --image-root {input.raw}/leftImg8bit/train --recipe {params.recipe:q}"
         " --out {output} --state-dir {params.state} --metrics-log {params.state}/metrics.jsonl"
-        " --threads {threads} > {log} 2>&1"
+        " --threads {threads}"
 
 
 rule train_combined:
@@ -87,7 +87,7 @@ rule train_combined:
         " --text {input.text} --split {input.split} --train-json {input.gt_json}"
         " --train-folder {input.gt_folder} --image-root {input.raw}/leftImg8bit/train"
         " --recipe {params.recipe:q} --out {output} --state-dir {params.state}"
-        " --metrics-log {params.state}/metrics.jsonl --threads {threads} > {log} 2>&1"
+        " --metrics-log {params.state}/metrics.jsonl --threads {threads}"
 
 
 rule wiseft:
