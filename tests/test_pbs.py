@@ -716,6 +716,25 @@ def test_dry_run_of_the_cityscapes_study_asks_for_gpus_for_training(tmp_path):
     )
 
 
+@pytest.mark.workflow
+def test_small_site_profile_lowers_every_gpu_jobs_request(tmp_path):
+    """profiles/small-site after the scheduler's profile: the one place a small site edits."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    res = snakemake(
+        tmp_path, env, "-n", "--profile", str(PROFILE), "--profile", str(REPO / "profiles/small-site"),
+        "--configfile", str(REPO / "config/cityscapes-r50.yaml"),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr + res.stdout
+    jobs = planned_jobs(res.stdout)
+    gpu_jobs = [(rule, r) for rule, r in jobs if r.get("gpu", "0") != "0"]
+    assert {"train", "contmav_train"} <= {rule for rule, _ in gpu_jobs}
+    for rule, r in gpu_jobs:
+        assert (r["gpu"], r["cpus_per_gpu"], r["mem_mb"]) == ("1", "4", "16000"), rule
+        p = props(rule, threads=4, **{k: int(r[k]) for k in ("gpu", "cpus_per_gpu", "mem_mb")})
+        assert option(sub.qsub_args(p, "/j", ""), "-l") == ["select=1:ncpus=4:mem=16000mb:ngpus=1"]
+    assert all(r["mem_mb"] == "16000" for rule, r in jobs if rule == "contmav_eval")
+
+
 # Training through the profile: the synthetic world's pretraining (CLIP, base model), one
 # fine-tuning, the zero-shot model; training jobs ask for a GPU and run torchrun on CPU.
 TINY_TRAINING = {

@@ -98,6 +98,12 @@ rule contmav_eval:
     conda:
         CONDA_ENV
     threads: 1
+    resources:
+        gpu=0,
+        cpus_per_gpu=8,
+        tasks_per_gpu=0,
+        mem_mb=32000,
+        runtime=minutes_per_attempt(4 * 60),
     params:
         roots=ow_roots(OW_EVAL_SPLIT),
         unknown=f"--unknown {OW_UNKNOWN}" if OW_UNKNOWN else "",
