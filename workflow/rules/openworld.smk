@@ -75,7 +75,7 @@ rule contmav_train:
         state=lambda wc: f"{OW_RESULTS}/models/{wc.variant}/ckpt",
         nproc=nproc,
     shell:
-        TORCHRUN + " -m vocabseg.cli contmav-train"
+        f"{TORCHRUN} -m vocabseg.cli contmav-train"
         " {params.roots} {params.known} --weights {input.weights}"
         " --model {params.model:q} --variant {params.loss:q} --recipe {params.recipe:q}"
         " --out {output} --state-dir {params.state} --metrics-log {params.state}/metrics.jsonl"

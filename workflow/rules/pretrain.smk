@@ -59,7 +59,7 @@ if PRETRAIN_BASE:
             state=f"{RESULTS}/models/base/ckpt",
             nproc=nproc,
         shell:
-            TORCHRUN + " -m vocabseg.train"
+            f"{TORCHRUN} -m vocabseg.train"
             " --kind finetune --model {params.model:q} --text {input.text}"
             " --train-json {input.prepared}/cityscapes_panoptic_train.json"
             " --train-folder {input.prepared}/cityscapes_panoptic_train"

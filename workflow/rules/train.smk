@@ -42,7 +42,7 @@ rule train:
         state=lambda wc: f"{RESULTS}/models/{wc.approach}/ckpt",
         nproc=nproc,
     shell:
-        TORCHRUN + " -m vocabseg.train"
+        f"{TORCHRUN} -m vocabseg.train"
         " --kind {params.kind} --model {params.model:q} --init {input.init} --text {input.text}"
         " {params.split} --train-json {input.gt_json} --train-folder {input.gt_folder}"
         " --image-root {input.raw}/leftImg8bit/train --recipe {params.recipe:q}"
@@ -82,7 +82,7 @@ rule train_combined:
         state=lambda wc: f"{RESULTS}/models/combined_{wc.fusion}_{wc.conf}_{wc.iters}/ckpt",
         nproc=nproc,
     shell:
-        TORCHRUN + " -m vocabseg.train"
+        f"{TORCHRUN} -m vocabseg.train"
         " --kind combined --fusion {wildcards.fusion} --model {params.model:q} --init {input.init}"
         " --text {input.text} --split {input.split} --train-json {input.gt_json}"
         " --train-folder {input.gt_folder} --image-root {input.raw}/leftImg8bit/train"
