@@ -623,9 +623,11 @@ def qdel(argv: list[str]) -> int:
             print(f"qdel: Unknown Job Id {jobid}", file=sys.stderr)
             code = 153
             continue
-        write_state(jobid, deleted=True)
         if job.get("session_id"):
+            write_state(jobid, deleted=True)
             kill_session(job["session_id"], signal.SIGTERM)
+        else:  # never ran: finished at once, without an exit status
+            write_state(jobid, deleted=True, state="F", outcome="deleted", mtime=int(time.time()))
     return code
 
 
