@@ -533,6 +533,37 @@ def test_job_that_can_never_run_fails_with_the_schedulers_comment(tmp_path):
     assert (job["job_state"], job["substate"]) == ("F", 91)
 
 
+BURN = """
+import time
+start = time.process_time()
+while time.process_time() - start < 5:
+    pass
+"""
+
+
+def test_pbs_accounts_the_training_workers_only_under_the_launcher(tmp_path):
+    """PBS accounts a job by its session; torchrun's workers leave it, the launcher's stay.
+
+    The same 5 s of worker CPU under torchrun and under vocabseg.engine.launch: the
+    stand-in (which, like PBS's execution daemon, sums the job session's processes)
+    records them only under the launcher.
+    """
+    env = standin_env(tmp_path)
+    (tmp_path / "burn.py").write_text(BURN)
+    args = f"--standalone --nnodes=1 --nproc_per_node=1 {tmp_path / 'burn.py'}"
+    bin_dir = Path(sys.executable).parent
+    launched = standin_job(tmp_path, env, "launched", f"{sys.executable} -m vocabseg.engine.launch {args}")
+    plain = standin_job(tmp_path, env, "plain", f"{bin_dir / 'torchrun'} {args}")
+    cput = {}
+    for jobid in (launched, plain):
+        assert wait_for(jobid, env, tmp_path, timeout=120) == "success"
+        answer = subprocess.run(["qstat", "-f", "-F", "json", "-x", jobid], capture_output=True, text=True, env=env)
+        h, m, sec = json.loads(answer.stdout)["Jobs"][jobid]["resources_used"]["cput"].split(":")
+        cput[jobid] = int(h) * 3600 + int(m) * 60 + int(sec)
+    print(f"PBS cput, launcher vs torchrun: {cput[launched]} s vs {cput[plain]} s")
+    assert cput[launched] >= 5 and cput[plain] <= cput[launched] - 4, cput
+
+
 def test_deleted_job_is_never_a_success(tmp_path):
     """A root job deleted while running can show Exit_status 0 (substate 91)."""
     env = standin_env(tmp_path)
