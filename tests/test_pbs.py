@@ -92,13 +92,14 @@ def test_gpu_job_asks_for_gpus_their_cores_and_the_site_gpu_model(tmp_path):
         gpu_model="A100",
         pbs_gpu_attribute="gpu_type",
     )
+    p["log"] = ["logs/s1/train/lowerbound.log"]  # the job log goes next to the rule's, per study
     text = "cd /w && /opt/env/bin/python3.11 -m snakemake --target-jobs 'train:approach=lowerbound' --attempt 3"
     args = sub.qsub_args(p, "/x/job.sh", text, workdir=str(tmp_path))
     assert option(args, "-l") == [
         "select=1:ncpus=16:mem=32000mb:ngpus=2:gpu_type=A100",
         "walltime=12:00:00",
     ]
-    assert option(args, "-o") == [str(tmp_path / "logs/pbs/train/lowerbound.attempt3.log")]
+    assert option(args, "-o") == [str(tmp_path / "logs/s1/train/lowerbound.pbs.attempt3.log")]
     # the job gets the bin folder of the Python that runs it
     assert option(args, "-v") == ["VOCABSEG_ENV_BIN=/opt/env/bin"]
     # threads above gpu * cpus_per_gpu win
@@ -334,7 +335,8 @@ def test_torque_is_detected_from_the_rejected_F_option():
     "answers",
     [
         [(153, "pbspro_unknown.stderr", "err")],
-        [(15, "pbspro_no_history.stderr", "err")],
+        # no job history: asked again without -x, the finished job is unknown
+        [(0, "pbspro_no_history.stderr", "err"), (153, "pbspro_unknown.stderr", "err")],
         [(2, "torque_rejects_F.stderr", "err"), (153, "torque_unknown.stderr", "err")],
     ],
 )
@@ -452,6 +454,130 @@ def test_standins_success_failure_walltime_and_qdel(tmp_path, flavor):
     assert wait_for(slow, forget, tmp_path) == "failed"  # killed: no marker
 
 
+def standin_job(tmp_path: Path, env: dict, name: str, command: str, *options: str) -> str:
+    """Submit ``command`` in the profile's jobscript to the stand-in server; its job id."""
+    script = render_jobscript(tmp_path / f"{name}.sh", props("stub"), command)
+    (tmp_path / "logs").mkdir(exist_ok=True)
+    args = ["qsub", "-N", name, *options, "-j", "oe", "-o", str(tmp_path / "logs" / f"{name}.log"), str(script)]
+    return subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, check=True).stdout.strip()
+
+
+def status(jobid: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(PROFILE / "pbs_status.py"), jobid], capture_output=True, text=True, env=env, cwd=cwd, timeout=60
+    )
+
+
+def test_unknown_gpu_resource_is_named_with_what_to_do(tmp_path, monkeypatch):
+    """OpenPBS has no built-in ngpus: qsub exits 187 "Unknown resource: ngpus"."""
+    p = props("train", wildcards={"approach": "lowerbound"}, gpu=1, cpus_per_gpu=2, mem_mb=1000)
+    script = render_jobscript(tmp_path / "job.sh", p, f"{sys.executable} -m snakemake --attempt 1")
+    for key, value in standin_env(tmp_path, FAKEPBS_CUSTOM_RESOURCES="gpus").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError) as refused:
+        sub.submit(str(script))
+    message = str(refused.value)
+    assert "qsub failed (exit 187): qsub: Unknown resource: ngpus" in message
+    assert "does not define the resource 'ngpus'" in message
+    assert 'qmgr -c "create resource ngpus type=long, flag=nh"' in message and "pbs_gpu_resource" in message
+    # the site counts GPUs as "gpus": the profile names it
+    script = render_jobscript(tmp_path / "job.sh", {**p, "resources": {**p["resources"], "pbs_gpu_resource": "gpus"}}, "true")
+    jobid = sub.submit(str(script))
+    assert option(submissions(tmp_path)[-1], "-l") == ["select=1:ncpus=2:mem=1000mb:gpus=1"]
+    assert jobid.endswith(".standin")
+
+
+def test_server_outage_is_never_a_failure(tmp_path):
+    """qstat exits 255 with "cannot connect" and a JSON skeleton: retried, then running."""
+    env = standin_env(tmp_path, VOCABSEG_PBS_STATUS_PAUSES="0.1,0.1")
+    jobid = standin_job(tmp_path, env, "short", "sleep 2 && exit 0 || exit 1")
+    (tmp_path / "pbs" / "server_down").touch()
+    res = status(jobid, env, tmp_path)
+    assert res.stdout == "running\n"
+    assert f"{jobid}: qstat exit 255: Connection refused" in res.stderr
+    assert res.stderr.count("assuming the job is still running") == 1
+    # the job ends while the server is down: still no answer, so "running" ...
+    time.sleep(2.5)
+    assert status(jobid, env, tmp_path).stdout == "running\n"
+    # ... until the server answers again
+    (tmp_path / "pbs" / "server_down").unlink()
+    assert wait_for(jobid, env, tmp_path) == "success"
+
+
+def test_server_without_job_history_reports_live_jobs_running(tmp_path):
+    env = standin_env(tmp_path, FAKEPBS_NO_HISTORY="1")
+    slow = standin_job(tmp_path, env, "slow", "sleep 3 && exit 0 || exit 1")
+    bad = standin_job(tmp_path, env, "bad", "sleep 1; exit 4")
+    time.sleep(0.5)
+    # -x answers "not configured to maintain job history" with exit 0 for running jobs too
+    assert status(slow, env, tmp_path).stdout == "running\n"
+    assert wait_for(bad, env, tmp_path) == "failed"  # its exit marker says 4
+    assert (tmp_path / f".snakemake/pbs/{bad}.exit").read_text() == "4\n"
+    assert wait_for(slow, env, tmp_path) == "success"
+
+
+def test_job_that_can_never_run_fails_with_the_schedulers_comment(tmp_path):
+    env = standin_env(tmp_path, FAKEPBS_NODE="ncpus=4,mem=24105mb")
+    jobid = standin_job(tmp_path, env, "big", "exit 0", "-l", "select=1:ncpus=2:mem=64000mb")
+    time.sleep(0.5)
+    res = status(jobid, env, tmp_path)
+    assert res.stdout == "failed\n"
+    assert (
+        "Can Never Run: Insufficient amount of resource: mem (R: 64000mb A: 24105mb T: 24105mb)"
+        in res.stderr
+    )
+    # deleted, so it does not wait in the queue for ever
+    answer = subprocess.run(["qstat", "-f", "-F", "json", "-x", jobid], capture_output=True, text=True, env=env)
+    job = json.loads(answer.stdout)["Jobs"][jobid]
+    assert (job["job_state"], job["substate"]) == ("F", 91)
+
+
+BURN = """
+import time
+start = time.process_time()
+while time.process_time() - start < 5:
+    pass
+"""
+
+
+def test_pbs_accounts_the_training_workers_only_under_the_launcher(tmp_path):
+    """PBS accounts a job by its session; torchrun's workers leave it, the launcher's stay.
+
+    The same 5 s of worker CPU under torchrun and under vocabseg.engine.launch: the
+    stand-in (which, like PBS's execution daemon, sums the job session's processes)
+    records them only under the launcher.
+    """
+    env = standin_env(tmp_path)
+    (tmp_path / "burn.py").write_text(BURN)
+    args = f"--standalone --nnodes=1 --nproc_per_node=1 {tmp_path / 'burn.py'}"
+    bin_dir = Path(sys.executable).parent
+    launched = standin_job(tmp_path, env, "launched", f"{sys.executable} -m vocabseg.engine.launch {args}")
+    plain = standin_job(tmp_path, env, "plain", f"{bin_dir / 'torchrun'} {args}")
+    cput = {}
+    for jobid in (launched, plain):
+        assert wait_for(jobid, env, tmp_path, timeout=120) == "success"
+        answer = subprocess.run(["qstat", "-f", "-F", "json", "-x", jobid], capture_output=True, text=True, env=env)
+        h, m, sec = json.loads(answer.stdout)["Jobs"][jobid]["resources_used"]["cput"].split(":")
+        cput[jobid] = int(h) * 3600 + int(m) * 60 + int(sec)
+    print(f"PBS cput, launcher vs torchrun: {cput[launched]} s vs {cput[plain]} s")
+    assert cput[launched] >= 5 and cput[plain] <= cput[launched] - 4, cput
+
+
+def test_deleted_job_is_never_a_success(tmp_path):
+    """A root job deleted while running can show Exit_status 0 (substate 91)."""
+    env = standin_env(tmp_path)
+    jobid = standin_job(tmp_path, env, "gone", "exit 0")
+    wait_for(jobid, env, tmp_path)
+    path = tmp_path / "pbs" / "jobs" / jobid.split(".")[0] / "state.json"
+    state = json.loads(path.read_text())
+    path.write_text(json.dumps({**state, "outcome": "deleted", "exit_status": 0}))
+    answer = subprocess.run(["qstat", "-f", "-F", "json", "-x", jobid], capture_output=True, text=True, env=env)
+    job = json.loads(answer.stdout)["Jobs"][jobid]
+    assert (job["substate"], job["Exit_status"]) == (91, 0)
+    assert status(jobid, env, tmp_path).stdout == "failed\n"
+
+
 # ---------------------------------------------------------------- the workflow through the profile
 
 
@@ -511,20 +637,24 @@ def test_tiny_study_runs_through_the_pbs_profile(tmp_path):
         assert select.startswith("select=1:ncpus=") and ":mem=" in select and "ngpus" not in select
         assert wall.startswith("walltime=")
         log = Path(option(args, "-o")[0])
-        assert log.is_relative_to(tmp_path / "logs/pbs") and log.exists()
+        assert log.is_relative_to(tmp_path / "logs") and log.exists()
     # every job ran its command to the end and said so
     markers = sorted((tmp_path / ".snakemake/pbs").glob("*.exit"))
     assert len(markers) == len(subs) and {m.read_text() for m in markers} == {"0\n"}
     evaluate = next(a for a in subs if option(a, "-N") == ["evaluate.oracle"])
-    assert option(evaluate, "-o")[0].endswith("logs/pbs/evaluate/oracle.attempt1.log")
+    # per study, next to the rule's log
+    assert option(evaluate, "-o")[0].endswith(f"logs/{TINY['study']}/evaluate/oracle.pbs.attempt1.log")
 
 
 @pytest.mark.workflow
-def test_walltime_killed_job_is_resubmitted_with_more_time(tmp_path):
+@pytest.mark.parametrize("history", ["1", "0"])
+def test_walltime_killed_job_is_resubmitted_with_more_time(tmp_path, history):
     """A job past its walltime is reported failed and retried with attempt + 1.
 
     A two-rule workflow of its own: the runtime grows with the attempt, the stand-in
     enforces walltime at 4 s per minute (8 s, then 16 s), and the job needs over 9 s.
+    Without job history the running job is still running (not failed at its first
+    check) and the killed one, which left no exit marker, failed.
     """
     (tmp_path / "Snakefile").write_text(
         "rule all:\n"
@@ -534,7 +664,7 @@ def test_walltime_killed_job_is_resubmitted_with_more_time(tmp_path):
         "    resources: runtime=lambda wc, attempt: 2 * attempt\n"
         "    shell: 'sleep 9 && echo {resources.runtime} > {output}'\n"
     )
-    env = standin_env(tmp_path, FAKEPBS_SECONDS_PER_MINUTE="4")
+    env = standin_env(tmp_path, FAKEPBS_SECONDS_PER_MINUTE="4", FAKEPBS_NO_HISTORY=str(1 - int(history)))
     cmd = [
         sys.executable,
         "-m",
@@ -617,6 +747,25 @@ def test_dry_run_of_the_cityscapes_study_asks_for_gpus_for_training(tmp_path):
     )
 
 
+@pytest.mark.workflow
+def test_small_site_profile_lowers_every_gpu_jobs_request(tmp_path):
+    """profiles/small-site after the scheduler's profile: the one place a small site edits."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    res = snakemake(
+        tmp_path, env, "-n", "--profile", str(PROFILE), "--profile", str(REPO / "profiles/small-site"),
+        "--configfile", str(REPO / "config/cityscapes-r50.yaml"),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr + res.stdout
+    jobs = planned_jobs(res.stdout)
+    gpu_jobs = [(rule, r) for rule, r in jobs if r.get("gpu", "0") != "0"]
+    assert {"train", "contmav_train"} <= {rule for rule, _ in gpu_jobs}
+    for rule, r in gpu_jobs:
+        assert (r["gpu"], r["cpus_per_gpu"], r["mem_mb"]) == ("1", "4", "16000"), rule
+        p = props(rule, threads=4, **{k: int(r[k]) for k in ("gpu", "cpus_per_gpu", "mem_mb")})
+        assert option(sub.qsub_args(p, "/j", ""), "-l") == ["select=1:ncpus=4:mem=16000mb:ngpus=1"]
+    assert all(r["mem_mb"] == "16000" for rule, r in jobs if rule == "contmav_eval")
+
+
 # Training through the profile: the synthetic world's pretraining (CLIP, base model), one
 # fine-tuning, the zero-shot model; training jobs ask for a GPU and run torchrun on CPU.
 TINY_TRAINING = {
@@ -662,3 +811,9 @@ def test_training_runs_through_the_pbs_profile_asking_for_gpus(tmp_path):
         (tmp_path / "results/tinyfc/models/lowerbound/ckpt/metrics.jsonl").read_text().splitlines()
     )
     assert json.loads(log[-1])["iter"] == 2
+    # the trainer's output: one numbered file per run, the rule's log links to the newest;
+    # the PBS job's own log per attempt beside it
+    logs = tmp_path / "logs/tinyfc/train"
+    assert os.readlink(logs / "lowerbound.log") == "lowerbound.run1.log"
+    assert (logs / "lowerbound.run1.log").read_text().startswith("launch: run 1 of this job")
+    assert (logs / "lowerbound.pbs.attempt1.log").exists()

@@ -65,29 +65,37 @@ STUDY = {
     },
 }
 
-# The site profile of the test cluster, layered on top of profiles/slurm. Its
-# set-resources replaces the one of profiles/slurm as a whole, so it names every GPU
-# rule of the study.
 DATA_RULES = ("synth_city", "prepare", "pretrain_clip", "vocab_split", "text_embeddings", "class_frequency")
 SMALL = {"mem_mb": 2000, "runtime": 10}
-TEST_SITE = {
-    "slurm-status-command": "squeue",  # no accounting database: sacct knows nothing
-    "slurm-no-account": True,
-    "slurm-init-seconds-before-status-checks": 1,
-    "latency-wait": 5,
-    "jobs": 4,
-    "default-resources": {"mem_mb": 500, "runtime": 10},
-    "set-resources": {
-        "pretrain_base": {"gpu": 0, **SMALL},
-        "train": {"gpu": 1, "cpus_per_gpu": 1, **SMALL},
-        "predict": {"gpu": 0, **SMALL},
-    },
-    "set-threads": {"pretrain_base": 1, "train": 1, "prepare": 1},
-    # the data stages (synthetic cities, preparation, splits, CLIP, text classifiers) in
-    # one SLURM job: 11 small jobs in 4 rounds of submission and status checks cost
-    # more time here than running them
-    "groups": [f"{rule}=data" for rule in DATA_RULES],
-}
+
+
+def site_profile() -> dict:
+    """The test cluster's site profile, layered on top of profiles/slurm.
+
+    It is profiles/small-site adapted as docs/clusters.md tells a small site to (its numbers
+    edited to the node: one core per GPU, 2 GB), plus what this cluster needs: only the
+    fine-tuning on the node's GPU, no accounting database, fast polling.
+    """
+    site = yaml.safe_load((REPO / "profiles/small-site/config.yaml").read_text())
+    for rule, resources in site["set-resources"].items():
+        resources.update(cpus_per_gpu=1, **SMALL)
+        if rule != "train":
+            resources["gpu"] = 0
+    site["set-threads"] = {rule: 1 for rule in site["set-threads"]} | {"prepare": 1}
+    return {
+        **site,
+        "slurm-status-command": "squeue",  # no accounting database: sacct knows nothing
+        "slurm-no-account": True,
+        "slurm-init-seconds-before-status-checks": 1,
+        "latency-wait": 5,
+        "jobs": 4,
+        "default-resources": {"mem_mb": 500, "runtime": 10},
+        # the data stages (synthetic cities, preparation, splits, CLIP, text classifiers) in
+        # one SLURM job: 11 small jobs in 4 rounds of submission and status checks cost
+        # more time here than running them
+        "groups": [f"{rule}=data" for rule in DATA_RULES],
+    }
+
 
 ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING")
 
@@ -152,7 +160,7 @@ def study(slurm, tmp_path_factory) -> StudyRun:
     workdir = tmp_path_factory.mktemp("slurm-study")
     (workdir / "study.yaml").write_text(yaml.safe_dump(STUDY, sort_keys=False))
     (workdir / "test-site").mkdir()
-    (workdir / "test-site" / "config.yaml").write_text(yaml.safe_dump(TEST_SITE, sort_keys=False))
+    (workdir / "test-site" / "config.yaml").write_text(yaml.safe_dump(site_profile(), sort_keys=False))
     cmd = snakemake_cmd(
         "--profile", str(REPO / "profiles/slurm"), "--profile", str(workdir / "test-site"),
         "--configfile", str(workdir / "study.yaml"),
@@ -219,6 +227,10 @@ def test_killed_training_job_resumes_from_its_checkpoint(study):
     resumed = re.findall(r"resumed from \S*ckpt_(\d+)\.pt", log)
     assert len(resumed) == 1 and study.killed_after <= int(resumed[0]) < ITERS, log[-3000:]
     assert "resumed from" not in (study.workdir / "logs/slurmtest/train/steady.log").read_text()
+    # the cancelled attempt's own log is kept beside it, ending with the preemption
+    first = (study.workdir / "logs/slurmtest/train/killed.run1.log").read_text()
+    assert "preempted at iteration" in first and "resumed from" not in first, first[-3000:]
+    assert os.readlink(study.workdir / "logs/slurmtest/train/killed.log") == "killed.run2.log"
     # each iteration is logged once, then the weights equal the uninterrupted twin's
     state = study.workdir / "results/slurmtest/models"
     lines = (state / "killed/ckpt/metrics.jsonl").read_text().splitlines()

@@ -6,26 +6,33 @@ active job in every status round and expects exactly one of those words on stdou
 non-zero exit status would stop the whole workflow, so this script exits 0 for any job id
 (only a wrong command line, a profile error, exits 2).
 
-How the answer is found:
+How the answer is found. qstat's exit status and stderr, not whether stdout parses, say
+whether an answer is usable: OpenPBS prints a JSON skeleton without ``Jobs`` on stdout on
+every error (unknown job, no job history, server down).
 
-1. ``qstat -f -F json -x <id>`` (PBS Pro / OpenPBS; ``-x`` includes finished jobs and
-   needs ``job_history_enable=True`` on the server). Finished states are ``F`` (and ``X``
-   for array subjobs); ``Exit_status`` 0 is success, anything else (1, -29 walltime
-   exceeded, -27 memory exceeded, 271 = 256 + SIGTERM, ...) is failure, so that
-   Snakemake's ``retries`` resubmit the job with ``attempt + 1``. qstat's JSON may hold
-   invalid escapes (backslashes in environment variables of ``Variable_List``) and raw
-   control characters: invalid escapes are doubled, and if the text still does not parse
-   the two fields are read with regular expressions.
-2. Torque's qstat rejects ``-F``; then ``qstat -f -x <id>`` (XML in Torque) is read:
+1. ``qstat -f -F json -x <id>`` (PBS Pro / OpenPBS; ``-x`` includes finished jobs).
+   Finished states are ``F`` (and ``X`` for array subjobs): ``Exit_status`` 0 is success,
+   anything else (1, -29 walltime exceeded, -27 memory exceeded, 271 = 256 + SIGTERM, ...)
+   and a deleted job (substate 91, whatever its ``Exit_status``: root jobs show 0) are
+   failures, so that Snakemake's ``retries`` resubmit the job with ``attempt + 1``. A job
+   queued with the scheduler's comment "Can Never Run: ..." (it asks for more than any
+   node has) is deleted and answered ``failed``, the comment on stderr. Invalid JSON
+   escapes (older PBS Pro versions) are doubled; if the text still does not parse the
+   fields are read with regular expressions.
+2. A server without job history refuses ``-x`` for every job ("PBS is not configured to
+   maintain job history", exit 0): the job is asked for without ``-x``, which lists live
+   jobs; a finished job is then unknown (step 4).
+3. Torque's qstat rejects ``-F``; then ``qstat -f -x <id>`` (XML in Torque) is read:
    state ``C`` is finished, ``exit_status`` as above.
-3. An unknown job (history expired or disabled, Torque's ``keep_completed`` over) is
-   answered from the exit status the profile's jobscript writes to
-   ``.snakemake/pbs/<id>.exit`` when the job's command ends; without that file the job
+4. An unknown job ("Unknown Job Id": history expired or disabled, Torque's
+   ``keep_completed`` over) is answered from the exit status the profile's jobscript writes
+   to ``.snakemake/pbs/<id>.exit`` when the job's command ends; without that file the job
    died without finishing its command (walltime, memory, node failure, qdel): failed.
-4. Any other qstat error (server down, timeout, "Connection refused") is retried a few
-   times with growing pauses (2, 5, 10 s; VOCABSEG_PBS_STATUS_PAUSES="1,1" sets others);
-   if it persists the answer is ``running`` and the error
-   goes to stderr, so a server restart does not fail the workflow.
+5. Any other answer (server down: exit 255 "cannot connect to server", a timeout, an
+   answer without the job) is retried with growing pauses (2, 5, 10 s;
+   VOCABSEG_PBS_STATUS_PAUSES="1,1" sets others); if it persists the answer is
+   ``running`` and the error goes to stderr: a server that does not answer about a job
+   says nothing about it, and the next status round asks again.
 
 Standard library only: the plugin runs this with whatever ``python3`` is on PATH.
 """
@@ -41,11 +48,10 @@ import xml.etree.ElementTree as ET
 SUCCESS, FAILED, RUNNING = "success", "failed", "running"
 FINISHED_STATES = {"pro": ("F", "X"), "torque": ("C",)}
 MARKER_DIR = os.path.join(".snakemake", "pbs")
-UNKNOWN_JOB = re.compile(
-    r"Unknown Job Id|Job has finished|not configured to maintain job history|"
-    r"history .*(?:expired|purged)",
-    re.IGNORECASE,
-)
+UNKNOWN_JOB = re.compile(r"Unknown Job Id|Job has finished|history .*(?:expired|purged)", re.IGNORECASE)
+NO_HISTORY = re.compile(r"not configured to maintain job history", re.IGNORECASE)
+NEVER_RUNS = "Can Never Run"
+DELETED_SUBSTATE = 91
 TORQUE_REJECTS_F = re.compile(r"invalid option|illegal option|unknown option|usage:", re.IGNORECASE)
 ESCAPE = re.compile(r'\\(["\\/bfnrt]|u[0-9a-fA-F]{4})?')  # a backslash and what it escapes
 RETRY_PAUSES = (2.0, 5.0, 10.0)  # seconds between qstat attempts on a server error
@@ -56,6 +62,10 @@ class UnknownJob(Exception):
     """The server does not know the job (any more)."""
 
 
+class NeverRuns(Exception):
+    """The scheduler says the job can never run; the message is its comment."""
+
+
 def exit_answer(code) -> str:
     """``success`` for exit status 0, ``failed`` for any other (or a missing) status."""
     try:
@@ -64,10 +74,15 @@ def exit_answer(code) -> str:
         return FAILED
 
 
-def state_answer(state: str, code, flavor: str) -> str:
-    """Answer from a job state letter and its exit status (None while running)."""
+def state_answer(state: str, code, flavor: str, substate=None, comment: str = "") -> str:
+    """Answer from a job state letter, its exit status (None while running), PBS Pro's
+    substate and comment. Raises NeverRuns for a queued job the scheduler will never run."""
     if state in FINISHED_STATES[flavor]:
+        if str(substate) == str(DELETED_SUBSTATE):  # qdel: never a success
+            return FAILED
         return exit_answer(code)
+    if state == "Q" and str(comment).startswith(NEVER_RUNS):
+        raise NeverRuns(str(comment))
     return RUNNING
 
 
@@ -98,11 +113,18 @@ def parse_pbspro_json(text: str, jobid: str) -> str:
         jobs = loads_lenient(text).get("Jobs") or {}
     except (json.JSONDecodeError, AttributeError):
         return parse_fields(
-            text, jobid, r'"job_state"\s*:\s*"(\w)"', r'"Exit_status"\s*:\s*(-?\d+)', "pro"
+            text, jobid, r'"job_state"\s*:\s*"(\w)"', r'"Exit_status"\s*:\s*(-?\d+)', "pro",
+            r'"substate"\s*:\s*(\d+)',
         )
     for key, job in jobs.items():
         if same_job(key, jobid):
-            return state_answer(str(job.get("job_state", "")), job.get("Exit_status"), "pro")
+            return state_answer(
+                str(job.get("job_state", "")),
+                job.get("Exit_status"),
+                "pro",
+                job.get("substate"),
+                str(job.get("comment", "")),
+            )
     raise UnknownJob(jobid)
 
 
@@ -124,8 +146,10 @@ def parse_torque_xml(text: str, jobid: str) -> str:
     raise UnknownJob(jobid)
 
 
-def parse_fields(text: str, jobid: str, state_re: str, exit_re: str, flavor: str) -> str:
-    """Last resort for output no parser accepts: find the two fields by pattern.
+def parse_fields(
+    text: str, jobid: str, state_re: str, exit_re: str, flavor: str, substate_re: str = ""
+) -> str:
+    """Last resort for output no parser accepts: find the fields by pattern.
 
     Only used on output for a single job id, so the first match belongs to it.
     """
@@ -133,7 +157,10 @@ def parse_fields(text: str, jobid: str, state_re: str, exit_re: str, flavor: str
     if state is None:
         raise UnknownJob(jobid)
     code = re.search(exit_re, text)
-    return state_answer(state.group(1), code.group(1) if code else None, flavor)
+    substate = re.search(substate_re, text) if substate_re else None
+    return state_answer(
+        state.group(1), code.group(1) if code else None, flavor, substate and substate.group(1)
+    )
 
 
 def run_qstat(args: list[str], timeout: float = 60.0) -> tuple[int, str, str]:
@@ -147,13 +174,27 @@ def run_qstat(args: list[str], timeout: float = 60.0) -> tuple[int, str, str]:
     return proc.returncode, proc.stdout, proc.stderr
 
 
-def query_once(jobid: str, run=run_qstat) -> str:
-    """One round: PBS Pro JSON, else Torque XML. Raises UnknownJob or RuntimeError."""
-    code, out, err = run(["qstat", "-f", "-F", "json", "-x", jobid])
-    if out.lstrip().startswith("{"):
-        return parse_pbspro_json(out, jobid)
-    if UNKNOWN_JOB.search(err + out):
+def pbspro_answer(code: int, out: str, err: str, jobid: str) -> str:
+    """Answer from one ``qstat -f -F json`` call: the job's entry if qstat exited 0 and
+    listed it; UnknownJob if qstat said so; RuntimeError for anything else."""
+    if code == 0:
+        try:
+            return parse_pbspro_json(out, jobid)
+        except UnknownJob:
+            raise RuntimeError(f"qstat exit 0 without job {jobid}: {err.strip()[:500]}") from None
+    if UNKNOWN_JOB.search(err):
         raise UnknownJob(jobid)
+    raise RuntimeError(f"qstat exit {code}: {(err or out).strip()[:500]}")
+
+
+def query_once(jobid: str, run=run_qstat) -> str:
+    """One round: PBS Pro JSON (without ``-x`` on a server without job history), else
+    Torque XML. Raises UnknownJob, NeverRuns or RuntimeError."""
+    code, out, err = run(["qstat", "-f", "-F", "json", "-x", jobid])
+    if NO_HISTORY.search(err):
+        return pbspro_answer(*run(["qstat", "-f", "-F", "json", jobid]), jobid)
+    if code == 0 or UNKNOWN_JOB.search(err) or out.lstrip().startswith("{"):
+        return pbspro_answer(code, out, err, jobid)
     if code != 0 and TORQUE_REJECTS_F.search(err + out):
         code, out, err = run(["qstat", "-f", "-x", jobid])
         if out.lstrip().startswith("<"):
@@ -185,6 +226,15 @@ def job_status(
             return query_once(jobid, run)
         except UnknownJob:
             return marker_answer(jobid, marker_dir)
+        except NeverRuns as never:
+            run(["qdel", jobid])
+            print(
+                f"pbs_status.py: {jobid}: the scheduler says: {never}. The job asks for more "
+                "than any node has; deleted it. Lower the rule's resources for this site "
+                "(docs/clusters.md, 'A small site').",
+                file=sys.stderr,
+            )
+            return FAILED
         except RuntimeError as err:
             error = err
     print(f"pbs_status.py: {jobid}: {error}; assuming the job is still running", file=sys.stderr)

@@ -13,7 +13,8 @@ Resource mapping (the rules' standard resources plus site settings from the prof
     threads, gpu, cpus_per_gpu  ->  ncpus = max(threads, gpu * cpus_per_gpu)  (cpus_per_gpu
                                      counts only on GPU jobs; tasks_per_gpu is SLURM-only)
     mem_mb                      ->  mem=<mem_mb>mb
-    gpu                         ->  ngpus=<gpu>                 (only when gpu > 0)
+    gpu                         ->  ngpus=<gpu>                 (only when gpu > 0; the site's
+                                     name for it with pbs_gpu_resource, e.g. gpus=<gpu>)
     gpu_model + pbs_gpu_attribute -> <pbs_gpu_attribute>=<gpu_model>   (e.g. gpu_type=A100)
     runtime (minutes)           ->  -l walltime=HH:MM:SS
     pbs_queue / pbs_account     ->  -q / -A
@@ -21,8 +22,9 @@ Resource mapping (the rules' standard resources plus site settings from the prof
                                      "torque":        -l nodes=1:ppn=..[:gpus=..],mem=..
     pbs_extra                   ->  further qsub arguments, split like a shell would
 
-The job's output and error go to one file, ``logs/pbs/<rule>/<wildcards>.attempt<N>.log``
-(``-j oe -o``), below the directory Snakemake runs in. The bin folder of the Python
+The job's output and error go to one file per attempt (``-j oe -o``), next to the rule's
+log: ``logs/<study>/<rule>/<wildcards>.pbs.attempt<N>.log`` (see log_path), below the
+directory Snakemake runs in. The bin folder of the Python
 that runs the job (read from the jobscript's command) is passed as VOCABSEG_ENV_BIN
 (``qsub -v``); the profile's jobscript puts it first on PATH, so the job finds
 ``vocabseg`` and ``torchrun`` without inheriting the login shell's environment.
@@ -50,6 +52,8 @@ PYTHON_OF_JOB = re.compile(r"(\S+) -m snakemake\b")
 ATTEMPT = re.compile(r"--attempt (\d+)")
 SAFE = re.compile(r"[^A-Za-z0-9_.=+-]+")
 LOG_ROOT = os.path.join("logs", "pbs")
+UNKNOWN_RESOURCE = re.compile(r"Unknown resource:?\s*([\w.-]+)", re.IGNORECASE)
+GPU_RESOURCE = "ngpus"  # not built into OpenPBS: sites define it (docs/clusters.md)
 
 
 def read_jobscript(path: str) -> tuple[dict, str]:
@@ -124,6 +128,30 @@ def ncpus_of(props: dict) -> int:
     return threads
 
 
+def gpu_resource_of(res: dict) -> str:
+    """The chunk resource that counts GPUs: ``pbs_gpu_resource``, ``ngpus`` by default."""
+    return str(res.get("pbs_gpu_resource") or GPU_RESOURCE)
+
+
+def refusal_hint(message: str, res: dict) -> str:
+    """What to do about a qsub refusal that names an unknown resource ('' otherwise)."""
+    match = UNKNOWN_RESOURCE.search(message)
+    if match is None:
+        return ""
+    name = match.group(1)
+    text = f"the PBS server does not define the resource '{name}' this job asks for. "
+    if name == gpu_resource_of(res):
+        return text + (
+            f"GPUs are counted with it: ask the site to define it (qmgr -c \"create resource "
+            f"{name} type=long, flag=nh\", add {name} to the resources line of sched_config) or "
+            "set pbs_gpu_resource in the profile's default-resources to the site's GPU resource "
+            "(docs/clusters.md)"
+        )
+    if name == res.get("pbs_gpu_attribute"):
+        return text + "It is the profile's pbs_gpu_attribute: use the site's name for the GPU model"
+    return text + "Check the profile's resources and pbs_extra"
+
+
 def resource_request(props: dict) -> list[str]:
     """The ``-l`` options: chunk (select or nodes) and walltime."""
     res = props.get("resources") or {}
@@ -135,6 +163,7 @@ def resource_request(props: dict) -> list[str]:
     gpus = as_int(res, "gpu")
     model = res.get("gpu_model")
     attribute = res.get("pbs_gpu_attribute")
+    gpu_resource = gpu_resource_of(res)
     if model and gpus > 0 and not attribute:
         raise InputError(
             f"resource gpu_model={model!r} needs pbs_gpu_attribute: the site's chunk resource "
@@ -145,7 +174,7 @@ def resource_request(props: dict) -> list[str]:
         if mem_mb:
             chunk += f":mem={mem_mb}mb"
         if gpus:
-            chunk += f":ngpus={gpus}"
+            chunk += f":{gpu_resource}={gpus}"
             if model:
                 chunk += f":{attribute}={model}"
         request = ["-l", chunk]
@@ -165,9 +194,17 @@ def resource_request(props: dict) -> list[str]:
 
 
 def log_path(props: dict, jobscript_text: str, root: str = LOG_ROOT) -> str:
-    """``<root>/<rule>/<wildcards>.attempt<N>.log`` (one file per attempt of a job)."""
+    """One file per attempt of a job, next to the rule's log so that it is per study.
+
+    Rule log ``logs/<study>/train/a.log`` -> ``logs/<study>/train/a.pbs.attempt<N>.log``;
+    a job without a rule log (group jobs) -> ``<root>/<rule>/<wildcards>.attempt<N>.log``.
+    """
     match = ATTEMPT.search(jobscript_text)
     attempt = match.group(1) if match else "1"
+    logs = props.get("log") or []
+    if props.get("type") != "group" and logs:
+        stem = logs[0][: -len(".log")] if logs[0].endswith(".log") else logs[0]
+        return f"{stem}.pbs.attempt{attempt}.log"
     return os.path.join(root, job_label(props), f"{wildcard_label(props)}.attempt{attempt}.log")
 
 
@@ -186,7 +223,7 @@ def qsub_args(
     Example (rule train, 2 GPUs with cpus_per_gpu=8, mem_mb=32000, runtime=720, queue gpu)::
 
         qsub -N train.lowerbound -S /bin/bash -l select=1:ncpus=16:mem=32000mb:ngpus=2
-             -l walltime=12:00:00 -q gpu -j oe -o <workdir>/logs/pbs/train/lowerbound.attempt1.log
+             -l walltime=12:00:00 -q gpu -j oe -o <workdir>/logs/<study>/train/lowerbound.pbs.attempt1.log
              -v VOCABSEG_ENV_BIN=<venv>/bin <jobscript>
     """
     res = props.get("resources") or {}
@@ -212,9 +249,12 @@ def submit(jobscript: str, run=subprocess.run) -> str:
     os.makedirs(os.path.dirname(args[args.index("-o") + 1]), exist_ok=True)
     proc = run(args, capture_output=True, text=True)
     if proc.returncode != 0:
+        message = proc.stderr.strip() or proc.stdout.strip()
+        hint = refusal_hint(message, props.get("resources") or {})
         raise RuntimeError(
-            f"qsub failed (exit {proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}\n"
-            f"command: {shlex.join(args)}"
+            f"qsub failed (exit {proc.returncode}): {message}\n"
+            + (f"{hint}\n" if hint else "")
+            + f"command: {shlex.join(args)}"
         )
     jobid = proc.stdout.strip().splitlines()[0].strip() if proc.stdout.strip() else ""
     if not jobid:

@@ -300,6 +300,16 @@ def train_inputs(approach):
     }
 
 
+# Start of a training command: torchrun's launcher with one process per GPU (params.nproc),
+# keeping the workers in the job's session (PBS/SLURM accounting, limits, kills), passing a
+# preempted trainer's exit 143 on, and writing each run's output to its own numbered file
+# next to {log} (<log>.run<N>.log; {log} links to the newest): see vocabseg.engine.launch.
+TORCHRUN = (
+    "python -m vocabseg.engine.launch --log {log}"
+    " --standalone --nnodes=1 --nproc_per_node={params.nproc}"
+)
+
+
 def nproc(wildcards, resources):
     """Processes for torchrun: one per GPU, one on a CPU-only job."""
     return max(1, int(resources.gpu))

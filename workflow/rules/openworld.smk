@@ -75,11 +75,11 @@ rule contmav_train:
         state=lambda wc: f"{OW_RESULTS}/models/{wc.variant}/ckpt",
         nproc=nproc,
     shell:
-        "torchrun --standalone --nnodes=1 --nproc_per_node={params.nproc} -m vocabseg.cli contmav-train"
+        f"{TORCHRUN} -m vocabseg.cli contmav-train"
         " {params.roots} {params.known} --weights {input.weights}"
         " --model {params.model:q} --variant {params.loss:q} --recipe {params.recipe:q}"
         " --out {output} --state-dir {params.state} --metrics-log {params.state}/metrics.jsonl"
-        " --threads {threads} > {log} 2>&1"
+        " --threads {threads}"
 
 
 rule contmav_eval:
@@ -99,6 +99,12 @@ rule contmav_eval:
     conda:
         CONDA_ENV
     threads: 1
+    resources:
+        gpu=0,
+        cpus_per_gpu=8,
+        tasks_per_gpu=0,
+        mem_mb=32000,
+        runtime=minutes_per_attempt(4 * 60),
     params:
         roots=ow_roots(OW_EVAL_SPLIT),
         unknown=f"--unknown {OW_UNKNOWN}" if OW_UNKNOWN else "",

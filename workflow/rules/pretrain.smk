@@ -60,13 +60,13 @@ if PRETRAIN_BASE:
             state=f"{RESULTS}/models/base/ckpt",
             nproc=nproc,
         shell:
-            "torchrun --standalone --nnodes=1 --nproc_per_node={params.nproc} -m vocabseg.train"
+            f"{TORCHRUN} -m vocabseg.train"
             " --kind finetune --model {params.model:q} --text {input.text}"
             " --train-json {input.prepared}/cityscapes_panoptic_train.json"
             " --train-folder {input.prepared}/cityscapes_panoptic_train"
             " --image-root {input.raw}/leftImg8bit/train --recipe {params.recipe:q}"
             " --out {output} --state-dir {params.state} --metrics-log {params.state}/metrics.jsonl"
-            " --threads {threads} > {log} 2>&1"
+            " --threads {threads}"
 
 else:
 

@@ -42,12 +42,12 @@ rule train:
         state=lambda wc: f"{RESULTS}/models/{wc.approach}/ckpt",
         nproc=nproc,
     shell:
-        "torchrun --standalone --nnodes=1 --nproc_per_node={params.nproc} -m vocabseg.train"
+        f"{TORCHRUN} -m vocabseg.train"
         " --kind {params.kind} --model {params.model:q} --init {input.init} --text {input.text}"
         " {params.split} --train-json {input.gt_json} --train-folder {input.gt_folder}"
         " --image-root {input.raw}/leftImg8bit/train --recipe {params.recipe:q}"
         " --out {output} --state-dir {params.state} --metrics-log {params.state}/metrics.jsonl"
-        " --threads {threads} > {log} 2>&1"
+        " --threads {threads}"
 
 
 rule train_combined:
@@ -81,12 +81,12 @@ rule train_combined:
         state=lambda wc: f"{RESULTS}/models/combined/{wc.run}/ckpt",
         nproc=nproc,
     shell:
-        "torchrun --standalone --nnodes=1 --nproc_per_node={params.nproc} -m vocabseg.train"
+        f"{TORCHRUN} -m vocabseg.train"
         " --kind combined --fusion {params.fusion} --model {params.model:q} --init {input.init}"
         " {params.start} --text {input.text} --split {input.split} --train-json {input.gt_json}"
         " --train-folder {input.gt_folder} --image-root {input.raw}/leftImg8bit/train"
         " --recipe {params.recipe:q} --out {output} --state-dir {params.state}"
-        " --metrics-log {params.state}/metrics.jsonl --threads {threads} > {log} 2>&1"
+        " --metrics-log {params.state}/metrics.jsonl --threads {threads}"
 
 
 rule wiseft:
