@@ -32,6 +32,9 @@ include: "workflow/rules/openworld.smk"
 include: "workflow/rules/report.smk"
 
 
+check_user_weights()  # needs every rule: a user's file must not be any rule's output
+
+
 rule all:
     default_target: True
     input:

@@ -1,10 +1,52 @@
 # Config validation, path helpers and the approach registry lookups.
 import json
+import os
 import shlex
 
 import jsonschema
+import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+
+
+class StrictYAMLLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping.
+
+    Snakemake's own loader keeps the last of two equal keys without a word, so a
+    study file with `iters` twice would silently train the second value.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        first = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges are allowed to be overridden
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (list, dict)):
+                continue  # unhashable: the base class reports it
+            if key in first:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first given on line {first[key] + 1})",
+                    key_node.start_mark,
+                )
+            first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def check_configfiles(paths):
+    """Re-read the study files Snakemake loaded, strictly: one line naming the file,
+    line and problem (a duplicate key) instead of a silently kept last value."""
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as stream:
+                yaml.load(stream, Loader=StrictYAMLLoader)
+        except yaml.MarkedYAMLError as err:
+            mark = err.problem_mark
+            raise WorkflowError(
+                f"config file {path}, line {mark.line + 1}, column {mark.column + 1}: {err.problem}"
+            ) from None
 
 
 def config_error(err):
@@ -17,9 +59,12 @@ def config_error(err):
     if cause.validator == "additionalProperties":
         allowed = ", ".join(sorted(cause.schema.get("properties", {}))) or "none"
         return f"config key {key}: {cause.message}; allowed keys here: {allowed}"
+    if cause.validator == "not" and "required" in cause.validator_value:
+        return f"config key {key}: give only one of {', '.join(cause.validator_value['required'])}"
     return f"config key {key}: {cause.message}"
 
 
+check_configfiles(workflow.configfiles)
 try:
     validate(config, schema="../schemas/config.schema.yaml")
 except WorkflowError as err:
@@ -51,6 +96,27 @@ CLIP_WEIGHTS = f"{RESULTS}/pretrain/clip.pt" if PRETRAIN_BASE else None
 wildcard_constraints:
     conf="|".join(sorted(set(config["vocabularies"]) | {"000", EVAL_VOCAB})),
     city=f"{DATASET}|{SOURCE}|{WEB}",
+
+
+def check_user_weights():
+    """model.weights is the user's file, never one the workflow writes: a rule making
+    it would rerun over it (and Snakemake deletes a rerun job's outputs first)."""
+    path = MODEL["weights"]
+    if path is None:
+        return
+    here = os.path.relpath(os.path.abspath(path))  # as the rules name their outputs
+    makers = sorted(
+        maker.name
+        for maker in workflow.rules
+        if maker.name != "official_weights" and maker.is_producer(here)
+    )
+    if makers or here.split(os.sep)[0] == "results":
+        made_by = f"rule {', '.join(makers)}" if makers else "every output lives in results/"
+        raise WorkflowError(
+            f"config key model.weights: {path} is a file the workflow itself writes ({made_by}) "
+            "and may replace or delete; copy the checkpoint elsewhere (e.g. resources/weights/) "
+            "and name that copy"
+        )
 
 
 def approaches_of_kind(*kinds):
