@@ -126,8 +126,8 @@ def approaches_of_kind(*kinds):
 
 
 def final_outputs():
-    """Everything `snakemake` builds by default: splits, plots, metrics, the table."""
-    outputs = ["results/table.md"]
+    """Everything `snakemake` builds by default: splits, plots, metrics, the tables."""
+    outputs = [f"{RESULTS}/table.md"]
     if APPROACHES:  # an open-world-only study has no panoptic predictions to show
         outputs.append(f"{RESULTS}/figures/panels")
     for conf in config["vocabularies"]:
