@@ -52,8 +52,6 @@ def test_a_valid_openworld_block_with_epochs_and_augment_plans_its_jobs(tmp_path
     [
         (lambda ow: ow["recipe"].update(epochz=3),
          "config key openworld.recipe: Additional properties are not allowed ('epochz' was unexpected); allowed keys here: "),
-        (lambda ow: ow["recipe"]["augment"].update(crop=[32, 64]),
-         "config key openworld.recipe.augment: Additional properties are not allowed ('crop' was unexpected)"),
         (lambda ow: ow["recipe"].update(iters=5), "config key openworld.recipe: give only one of epochs, iters"),
         (lambda ow: ow["model"].update(trufr=True),
          "config key openworld.model: Additional properties are not allowed ('trufr' was unexpected)"),
@@ -63,8 +61,6 @@ def test_a_valid_openworld_block_with_epochs_and_augment_plans_its_jobs(tmp_path
          "config key openworld.variants.x.loss.extra: 'infonse' is not one of ['none', 'infonce', 'synco']"),
         (lambda ow: ow["variants"].update(x={"model": {"trufor": "maybe"}}),
          "config key openworld.variants.x.model.trufor: 'maybe' is not of type 'boolean'"),
-        (lambda ow: ow["variants"].update(x={"loss": {"synco": {"directon": "both"}}}),
-         "config key openworld.variants.x.loss.synco: Additional properties are not allowed ('directon'"),
     ],
 )
 def test_openworld_typos_stop_before_any_job_and_keep_the_trained_model(tmp_path, mutate, expected):
@@ -121,7 +117,6 @@ def test_a_duplicate_key_names_file_line_and_key(tmp_path, text, line, key):
     "weights, made_by",
     [
         ("results/tiny/models/base/model.pt", "every output lives in results/"),
-        ("./results/other-study/models/lowerbound/model.pt", "every output lives in results/"),
         ("resources/tinycity/prepared", "rule prepare"),
     ],
 )
