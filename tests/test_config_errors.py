@@ -114,21 +114,27 @@ def test_a_duplicate_key_names_file_line_and_key(tmp_path, text, line, key):
 
 
 @pytest.mark.parametrize(
-    "weights, made_by",
+    "key, weights, made_by",
     [
-        ("results/tiny/models/base/model.pt", "every output lives in results/"),
-        ("resources/tinycity/prepared", "rule prepare"),
+        ("model.weights", "results/tiny/models/base/model.pt", "every output lives in results/"),
+        ("model.weights", "resources/tinycity/prepared", "rule prepare"),
+        ("model.clip_pretrained", "results/synthetic/pretrain/clip.pt", "every output lives in results/"),
+        ("openworld.variants.contmav.model.pretrained", "results/tiny/openworld/models/contmav/model.pt",
+         "rule contmav_train"),
     ],
 )
-def test_weights_the_workflow_makes_are_rejected_naming_the_key(tmp_path, weights, made_by):
-    config = json.loads(json.dumps(TINY))
-    config["model"] = {"weights": weights}
+def test_weights_the_workflow_makes_are_rejected_naming_the_key(tmp_path, key, weights, made_by):
+    config = tiny_openworld()
+    if key.startswith("model."):
+        config["model"] = {key.removeprefix("model."): weights}
+    else:
+        config["openworld"]["variants"]["contmav"] = {"model": {"pretrained": weights}}
     made = tmp_path / weights
     made.parent.mkdir(parents=True)
     made.write_bytes(b"a model made by an earlier run")
     res = snakemake(tmp_path, "--cores", "1", "--configfile", str(write_config(tmp_path / "c.yaml", config)))
     assert res.returncode != 0
-    assert f"config key model.weights: {weights} is a file the workflow itself writes ({made_by})" in errors(res)
+    assert f"config key {key}: {weights} is a file the workflow itself writes ({made_by})" in errors(res)
     assert made.read_bytes() == b"a model made by an earlier run"
 
 

@@ -98,25 +98,37 @@ wildcard_constraints:
     city=f"{DATASET}|{SOURCE}|{WEB}",
 
 
+def user_weight_files():
+    """(config key, path) of every weights file the user supplies."""
+    ow = config.get("openworld") or {}
+    files = [
+        ("model.weights", MODEL["weights"]),
+        ("model.clip_pretrained", MODEL["clip_pretrained"]),  # or an open_clip tag
+        ("openworld.model.pretrained", ow.get("model", {}).get("pretrained")),
+    ]
+    for name, spec in ow.get("variants", {}).items():
+        pretrained = ((spec or {}).get("model") or {}).get("pretrained")
+        files.append((f"openworld.variants.{name}.model.pretrained", pretrained))
+    return [(key, path) for key, path in files if path]
+
+
 def check_user_weights():
-    """model.weights is the user's file, never one the workflow writes: a rule making
-    it would rerun over it (and Snakemake deletes a rerun job's outputs first)."""
-    path = MODEL["weights"]
-    if path is None:
-        return
-    here = os.path.relpath(os.path.abspath(path))  # as the rules name their outputs
-    makers = sorted(
-        maker.name
-        for maker in workflow.rules
-        if maker.name != "official_weights" and maker.is_producer(here)
-    )
-    if makers or here.split(os.sep)[0] == "results":
-        made_by = f"rule {', '.join(makers)}" if makers else "every output lives in results/"
-        raise WorkflowError(
-            f"config key model.weights: {path} is a file the workflow itself writes ({made_by}) "
-            "and may replace or delete; copy the checkpoint elsewhere (e.g. resources/weights/) "
-            "and name that copy"
+    """A user's weights file is never one the workflow writes: a rule making it would
+    rerun over it (and Snakemake deletes a rerun or failed job's outputs)."""
+    for key, path in user_weight_files():
+        here = os.path.relpath(os.path.abspath(path))  # as the rules name their outputs
+        makers = sorted(
+            maker.name
+            for maker in workflow.rules
+            if maker.name != "official_weights" and maker.is_producer(here)
         )
+        if makers or here.split(os.sep)[0] == "results":
+            made_by = f"rule {', '.join(makers)}" if makers else "every output lives in results/"
+            raise WorkflowError(
+                f"config key {key}: {path} is a file the workflow itself writes ({made_by}) "
+                "and may replace or delete; copy it elsewhere (e.g. resources/weights/) "
+                "and name that copy"
+            )
 
 
 def approaches_of_kind(*kinds):
