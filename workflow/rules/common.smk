@@ -59,8 +59,6 @@ def config_error(err):
     if cause.validator == "additionalProperties":
         allowed = ", ".join(sorted(cause.schema.get("properties", {}))) or "none"
         return f"config key {key}: {cause.message}; allowed keys here: {allowed}"
-    if cause.validator == "not" and "required" in cause.validator_value:
-        return f"config key {key}: give only one of {', '.join(cause.validator_value['required'])}"
     return f"config key {key}: {cause.message}"
 
 
@@ -319,6 +317,8 @@ OW_UNKNOWN = " ".join(str(i) for i in OW.get("unknown", []))
 OW_KNOWN_ARG = "--known " + " ".join(str(i) for i in range(19) if i not in OW.get("unknown", []))
 OW_MODEL = OW.get("model", {"preset": "paper"})
 OW_RECIPE = OW.get("recipe", {})
+if "epochs" in OW_RECIPE and "iters" in OW_RECIPE:
+    raise WorkflowError("config key openworld.recipe: give only one of epochs, iters")
 OW_EVAL = {"size": None, "cluster_stride": 4, **OW.get("eval", {})}
 OW_BDD_VARIANT = OW.get("bdd_variant", "1+16")
 OW_ON_BDD = OW.get("dataset") == "bdd-anomaly"
