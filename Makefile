@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 
 study: $(VENV)/.installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" snakemake --cores $(CORES)
-	@echo "results: results/table.md"
+	@echo "results: results/table.md (= results/synthetic/table.md)"
 
 test: $(VENV)/.installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" pytest $(PYTEST_ARGS)

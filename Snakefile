@@ -32,7 +32,25 @@ include: "workflow/rules/openworld.smk"
 include: "workflow/rules/report.smk"
 
 
+check_user_weights()  # needs every rule: a user's file must not be any rule's output
+
+
+# Every study writes its own tables under results/<study>/, so a study always runs to
+# its outputs whatever other studies left. results/table.md is a copy of the table of
+# the study last run to its end: a target without output runs on every call, so the
+# copy follows the study just run even when its table was already up to date.
 rule all:
     default_target: True
     input:
-        final_outputs(),
+        table=f"{RESULTS}/table.md",
+        outputs=final_outputs(),
+    log:
+        f"{LOGS}/latest_table.log",
+    localrule: True
+    conda:
+        "envs/vocabseg.yaml"  # CONDA_ENV, seen from this file
+    params:
+        latest="results/table.md",
+        partial=f"results/.table.md.{STUDY}.partial",  # renamed into place: never half a table
+    shell:
+        "(cp {input.table:q} {params.partial:q} && mv {params.partial:q} {params.latest:q}) > {log} 2>&1"

@@ -103,6 +103,19 @@ def test_dry_run_of_bdd_anomaly_plans_the_build_and_six_contmav_variants(tmp_pat
     assert not {"train", "predict", "download_cityscapes", "panels"} & set(jobs)
 
 
+def test_bdd_anomaly_runs_to_its_own_table_whatever_other_studies_left(tmp_path):
+    """An open-world-only study's one target used to be results/table.md: any other
+    study's table there made it end with "Nothing to be done"."""
+    for table in ("results/table.md", "results/synthetic/table.md"):
+        (tmp_path / table).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / table).write_text("# another study\n")
+    res = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config/bdd-anomaly.yaml"))
+    assert res.returncode == 0, res.stderr + res.stdout
+    jobs = jobs_planned(res.stdout)
+    assert jobs["contmav_train"] == 6 and jobs["report"] == 1 and jobs["all"] == 1
+    assert "results/bdd-anomaly/table.md" in res.stdout
+
+
 def test_bdd_anomaly_without_its_folder_names_the_key(tmp_path):
     config = yaml.safe_load((REPO / "config/bdd-anomaly.yaml").read_text())
     config["openworld"]["bdd100k"] = None
@@ -227,7 +240,7 @@ def test_tiny_fcclip_study_runs_end_to_end(tmp_path):
     config = write_config(tmp_path / "tinyfc.yaml", TINY_FCCLIP)
     res = snakemake(tmp_path, "--cores", "2", "--configfile", str(config))
     assert res.returncode == 0, res.stderr[-6000:]
-    table = (tmp_path / "results/table.md").read_text()
+    table = (tmp_path / "results/tinyfc/table.md").read_text()
     for name in TINY_FCCLIP["approaches"]:
         assert f"| {name} |" in table
         metrics = json.loads((tmp_path / f"results/tinyfc/metrics/{name}.json").read_text())
@@ -317,11 +330,13 @@ def test_tiny_study_runs_end_to_end(tmp_path):
     config = write_config(tmp_path / "tiny.yaml", TINY)
     res = snakemake(tmp_path, "--cores", "2", "--configfile", str(config))
     assert res.returncode == 0, res.stderr[-4000:]
-    table = (tmp_path / "results/table.md").read_text()
+    table = (tmp_path / "results/tiny/table.md").read_text()
     # every image of the oracle is perfect, so is every resample of them
-    assert "| oracle | - | 100.000 [100.0, 100.0] | 100.000 [100.0, 100.0] | 100.000 [100.0, 100.0] |" in table
+    assert "| oracle | - | - | 100.000 [100.0, 100.0] | 100.000 [100.0, 100.0] | 100.000 [100.0, 100.0] |" in table
     assert "bootstrap interval over the 3 validation images (1000 resamples, seed 0" in table
     assert (tmp_path / "results/tiny/metrics/oracle.images.npz").stat().st_size > 0
+    assert (tmp_path / "results/table.md").read_text() == table  # the table of the study just run
+    assert (tmp_path / "results/tiny/table.csv").exists()
     metrics = json.loads((tmp_path / "results/tiny/metrics/oracle.json").read_text())
     assert metrics["All"]["n"] == 19 and metrics["Out"]["n"] == 8 and metrics["In"]["n"] == 11
     assert metrics["run"]["approach"] == "oracle" and metrics["run"]["eval_vocab"] == "008"
@@ -330,9 +345,20 @@ def test_tiny_study_runs_end_to_end(tmp_path):
     # every rule logged and benchmarked
     assert (tmp_path / "logs/tiny/evaluate/oracle.log").exists()
     assert (tmp_path / "benchmarks/tiny/evaluate/oracle.tsv").exists()
-    # nothing is left to do
+    # nothing is left to do but pointing results/table.md at this study's table
     again = snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(config))
-    assert "Nothing to be done" in again.stdout + again.stderr
+    assert jobs_planned(again.stdout) == {"all": 1}, again.stdout
+    # a second study writes its own tables and leaves the first one's alone
+    other = write_config(tmp_path / "other.yaml", {**TINY, "study": "other", "title": "the other study"})
+    res = snakemake(tmp_path, "--cores", "2", "--configfile", str(other))
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert (tmp_path / "results/tiny/table.md").read_text() == table
+    assert (tmp_path / "results/table.md").read_text() == (tmp_path / "results/other/table.md").read_text()
+    assert "# the other study" in (tmp_path / "results/table.md").read_text()
+    # running the first study again only copies its (current) table back
+    res = snakemake(tmp_path, "--cores", "2", "--configfile", str(config))
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert (tmp_path / "results/table.md").read_text() == table
 
 
 def test_tiny_openworld_study_trains_scores_and_tabulates_contmav(tmp_path):
@@ -349,8 +375,9 @@ def test_tiny_openworld_study_trains_scores_and_tabulates_contmav(tmp_path):
     }
     res = snakemake(tmp_path, "--cores", "2", "--configfile", str(write_config(tmp_path / "ow.yaml", config)))
     assert res.returncode == 0, res.stderr[-6000:]
-    table = (tmp_path / "results/table.md").read_text()
+    table = (tmp_path / "results/tinyow/table.md").read_text()
     assert "## Open-world segmentation (ContMAV)" in table
+    assert (tmp_path / "results/tinyow/table_openworld.csv").exists()
     for variant in ("contmav", "contmav_trufor", "contmav_synco"):
         assert f"| {variant} |" in table
         metrics = json.loads((tmp_path / f"results/tinyow/openworld/metrics/{variant}.json").read_text())

@@ -1,13 +1,55 @@
 # Config validation, path helpers and the approach registry lookups.
 import csv
 import json
+import os
 import re
 import shlex
 from pathlib import Path
 
 import jsonschema
+import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+
+
+class StrictYAMLLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping.
+
+    Snakemake's own loader keeps the last of two equal keys without a word, so a
+    study file with `iters` twice would silently train the second value.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        first = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges are allowed to be overridden
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (list, dict)):
+                continue  # unhashable: the base class reports it
+            if key in first:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first given on line {first[key] + 1})",
+                    key_node.start_mark,
+                )
+            first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def check_configfiles(paths):
+    """Re-read the study files Snakemake loaded, strictly: one line naming the file,
+    line and problem (a duplicate key) instead of a silently kept last value."""
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as stream:
+                yaml.load(stream, Loader=StrictYAMLLoader)
+        except yaml.MarkedYAMLError as err:
+            mark = err.problem_mark
+            raise WorkflowError(
+                f"config file {path}, line {mark.line + 1}, column {mark.column + 1}: {err.problem}"
+            ) from None
 
 
 def config_error(err):
@@ -23,6 +65,7 @@ def config_error(err):
     return f"config key {key}: {cause.message}"
 
 
+check_configfiles(workflow.configfiles)
 try:
     validate(config, schema="../schemas/config.schema.yaml")
 except WorkflowError as err:
@@ -57,6 +100,39 @@ wildcard_constraints:
     city=f"{DATASET}|{SOURCE}|{WEB}",
 
 
+def user_weight_files():
+    """(config key, path) of every weights file the user supplies."""
+    ow = config.get("openworld") or {}
+    files = [
+        ("model.weights", MODEL["weights"]),
+        ("model.clip_pretrained", MODEL["clip_pretrained"]),  # or an open_clip tag
+        ("openworld.model.pretrained", ow.get("model", {}).get("pretrained")),
+    ]
+    for name, spec in ow.get("variants", {}).items():
+        pretrained = ((spec or {}).get("model") or {}).get("pretrained")
+        files.append((f"openworld.variants.{name}.model.pretrained", pretrained))
+    return [(key, path) for key, path in files if path]
+
+
+def check_user_weights():
+    """A user's weights file is never one the workflow writes: a rule making it would
+    rerun over it (and Snakemake deletes a rerun or failed job's outputs)."""
+    for key, path in user_weight_files():
+        here = os.path.relpath(os.path.abspath(path))  # as the rules name their outputs
+        makers = sorted(
+            maker.name
+            for maker in workflow.rules
+            if maker.name != "official_weights" and maker.is_producer(here)
+        )
+        if makers or here.split(os.sep)[0] == "results":
+            made_by = f"rule {', '.join(makers)}" if makers else "every output lives in results/"
+            raise WorkflowError(
+                f"config key {key}: {path} is a file the workflow itself writes ({made_by}) "
+                "and may replace or delete; copy it elsewhere (e.g. resources/weights/) "
+                "and name that copy"
+            )
+
+
 def approaches_of_kind(*kinds):
     """Names of the configured approaches of the given kinds, as a wildcard regex."""
     names = [name for name, spec in APPROACHES.items() if spec["kind"] in kinds]
@@ -64,8 +140,8 @@ def approaches_of_kind(*kinds):
 
 
 def final_outputs():
-    """Everything `snakemake` builds by default: splits, plots, metrics, the table."""
-    outputs = ["results/table.md"]
+    """Everything `snakemake` builds by default: splits, plots, metrics, the tables."""
+    outputs = [f"{RESULTS}/table.md"]
     if APPROACHES:  # an open-world-only study has no panoptic predictions to show
         outputs.append(f"{RESULTS}/figures/panels")
     for conf in config["vocabularies"]:
@@ -352,6 +428,8 @@ OW_UNKNOWN = " ".join(str(i) for i in OW.get("unknown", []))
 OW_KNOWN_ARG = "--known " + " ".join(str(i) for i in range(19) if i not in OW.get("unknown", []))
 OW_MODEL = OW.get("model", {"preset": "paper"})
 OW_RECIPE = OW.get("recipe", {})
+if "epochs" in OW_RECIPE and "iters" in OW_RECIPE:
+    raise WorkflowError("config key openworld.recipe: give only one of epochs, iters")
 OW_EVAL = {"size": None, "cluster_stride": 4, **OW.get("eval", {})}
 OW_BDD_VARIANT = OW.get("bdd_variant", "1+16")
 OW_ON_BDD = OW.get("dataset") == "bdd-anomaly"

@@ -1,7 +1,7 @@
 # Open-world semantic segmentation (seed 003): ContMAV and its variants, trained on the
 # known classes of a dataset and scored on how well they flag the unknown ones. Runs
 # when the config has an `openworld` block; its metrics make the second table of
-# results/table.md. Checkpoints live in <model folder>/ckpt (not an output), so a
+# results/<study>/table.md. Checkpoints live in <model folder>/ckpt (not an output), so a
 # killed job resumes, as the FC-CLIP training does.
 
 

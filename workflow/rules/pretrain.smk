@@ -68,7 +68,10 @@ if PRETRAIN_BASE:
             " --out {output} --state-dir {params.state} --metrics-log {params.state}/metrics.jsonl"
             " --threads {threads}"
 
-else:
+elif not os.path.exists(BASE_WEIGHTS):
+    # Only while the checkpoint is missing: a rule whose output is the user's file
+    # would let Snakemake delete it (a forced rerun removes outputs first, a failed
+    # job removes them afterwards). Present, it is a plain input that no rule touches.
 
     rule official_weights:
         output:

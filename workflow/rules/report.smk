@@ -1,4 +1,5 @@
-# The results table of the study and its figures.
+# The results tables of the study and its figures, all under results/<study>/.
+# results/table.md is a copy of the table of the study last run to its end (rule all).
 
 
 localrules:
@@ -13,8 +14,10 @@ rule report:
         openworld=openworld_metrics(),
         openworld_images=[f.replace(".json", ".images.npz") for f in openworld_metrics()],
     output:
-        md=report("results/table.md", caption="../report/table.rst", category="Results"),
-        csv="results/table.csv",
+        md=report(f"{RESULTS}/table.md", caption="../report/table.rst", category="Results"),
+        csv=f"{RESULTS}/table.csv",
+        # written beside table.csv when the study has ContMAV rows
+        openworld_csv=[f"{RESULTS}/table_openworld.csv"] if OW_VARIANTS else [],
         bars=report(
             f"{RESULTS}/figures/pq_bars.png", caption="../report/pq_bars.rst", category="Results"
         ),

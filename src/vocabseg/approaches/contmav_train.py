@@ -109,6 +109,9 @@ __all__ = [
     "ContMAVExport",
     "train_contmav",
     "known_from_unknown",
+    "model_keys",
+    "variant_keys",
+    "recipe_keys",
 ]
 
 EXPORT_FORMAT = "vocabseg.contmav"
@@ -164,13 +167,15 @@ class ContMAVVariant:
     def from_dict(cls, values: Mapping[str, Any], *, source: str = "ContMAV variant") -> ContMAVVariant:
         """One flat mapping: the keys of :class:`ContMAVLossConfig` (e.g. ``semantic``,
         ``w_feature``), the extra-term keys above, and ``synco`` as a mapping of
-        :class:`SynCoConfig` keys. Unknown keys raise :class:`InputError`."""
+        :class:`SynCoConfig` keys. Unknown keys raise :class:`InputError` listing
+        :func:`variant_keys`."""
         if not isinstance(values, Mapping):
             raise InputError(f"{source}: expected a mapping, got {type(values).__name__}")
+        if "loss" in values:
+            raise InputError(f"{source}: give the loss keys (e.g. 'semantic') directly, not under 'loss'")
+        _reject_unknown(values, variant_keys(), source)
         loss_keys = {f.name for f in dataclasses.fields(ContMAVLossConfig)}
         own = {k: v for k, v in values.items() if k not in loss_keys}
-        if "loss" in own:
-            raise InputError(f"{source}: give the loss keys (e.g. 'semantic') directly, not under 'loss'")
         loss = ContMAVLossConfig.from_dict({k: v for k, v in values.items() if k in loss_keys}, source=source)
         synco = SynCoConfig.from_dict(own.pop("synco", {}) or {}, source=f"{source}: synco")
         variant = convert_fields(cls, _VARIANT_CONVERTERS, own, source)
@@ -200,6 +205,33 @@ _VARIANT_CONVERTERS: dict[str, Callable[[Any, str], Any]] = {
     "synco_warmup_epochs": lambda v, k: to_int(v, k, 0),
     "mav_start_epoch": lambda v, k: to_int(v, k, 1),
 }
+
+
+def _reject_unknown(values: Mapping[str, Any], known: Sequence[str], source: str) -> None:
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise InputError(f"{source}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+
+
+def variant_keys() -> list[str]:
+    """Every key of a variant's flat loss mapping (:meth:`ContMAVVariant.from_dict`):
+    the :class:`ContMAVLossConfig` fields and the variant's own fields (``synco``
+    included, whose value is a mapping of :class:`SynCoConfig` fields)."""
+    own = [f.name for f in dataclasses.fields(ContMAVVariant) if f.name != "loss"]
+    return sorted({f.name for f in dataclasses.fields(ContMAVLossConfig)} | set(own))
+
+
+def model_keys() -> list[str]:
+    """Every key of a ContMAV model mapping (:func:`build_contmav_model`): ``preset``
+    and the :class:`ContMAVConfig` fields."""
+    return sorted({"preset"} | {f.name for f in dataclasses.fields(ContMAVConfig)})
+
+
+def recipe_keys() -> list[str]:
+    """Every key of a ContMAV recipe (:func:`train_contmav`): the :data:`CONTMAV_RECIPE`
+    keys (``epochs``, ``augment``, ``unknown_as``, ...), ``iters`` and every
+    :class:`~vocabseg.engine.trainer.TrainConfig` field."""
+    return sorted(set(CONTMAV_RECIPE) | {f.name for f in dataclasses.fields(TrainConfig)})
 
 
 def region_embeddings(
@@ -436,6 +468,7 @@ def build_contmav_model(
     """
     if not isinstance(model, Mapping):
         raise InputError(f"ContMAV model: expected a mapping, got {type(model).__name__}")
+    _reject_unknown(model, model_keys(), "ContMAV model")
     values = dict(model)
     preset = values.pop("preset", "paper")
     if "num_classes" in values and int(values["num_classes"]) != num_classes:
@@ -517,6 +550,7 @@ def _recipe(recipe: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], 
     """Split ``CONTMAV_RECIPE`` updated by ``recipe`` into trainer settings, augment, unknown_as."""
     if not isinstance(recipe, Mapping):
         raise InputError(f"ContMAV recipe: expected a mapping, got {type(recipe).__name__}")
+    _reject_unknown(recipe, recipe_keys(), "ContMAV recipe")
     merged = {**CONTMAV_RECIPE, **recipe}
     augment = {**CONTMAV_RECIPE["augment"], **(recipe.get("augment") or {})}
     unknown = sorted(set(augment) - set(CONTMAV_RECIPE["augment"]))

@@ -1,4 +1,4 @@
-"""results/table.md and results/table.csv from the metrics JSON files of a study.
+"""results/<study>/table.md and table.csv from the metrics JSON files of a study.
 
 One row per approach, in the order given (the study config's order, which follows
 the seed's results table): the approach, the seed row it reproduces (run fact
