@@ -36,4 +36,4 @@ export PYTHONUNBUFFERED=1
     echo "gpu_check.sh: a package is missing (above); run benchmarks/gpu_wheels.sh where the index is reachable" >&2
     exit 1
 }
-exec "$PYTHON" benchmarks/gpu_check.py --out "$OUT" "$@"
+"$PYTHON" benchmarks/gpu_check.py --out "$OUT" "$@"  # not exec: the trap removes $SITE afterwards

@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ["agreement", "inference", "nccl", "finetune", "contmav"]
 
@@ -46,3 +48,18 @@ def test_gpu_check_small_on_cpu_passes_every_step(tmp_path):
     assert steps["contmav"]["eval_device_direct"] == "cpu" and steps["contmav"]["auroc_abs_diff"] < 1e-9
     for name in STEPS:
         assert f"] {name}  (" in text
+
+
+def test_cuda_requested_without_a_gpu_is_one_clear_line(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/gpu_check.py"), "--out", str(tmp_path / "report")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        "--device cuda: torch sees no CUDA device (use --device cpu for a CPU check)"
+    )
