@@ -34,7 +34,7 @@ if PRETRAIN_BASE:
 
     rule pretrain_base:
         input:
-            clip=CLIP_WEIGHTS,
+            clip=CLIP_INPUT,
             prepared=f"resources/{SOURCE}/prepared",
             raw=f"resources/{SOURCE}/raw",
             text=f"{TEXT}/000.pt",
@@ -68,7 +68,7 @@ if PRETRAIN_BASE:
             " --out {output} --state-dir {params.state} --metrics-log {params.state}/metrics.jsonl"
             " --threads {threads}"
 
-else:
+elif not WEIGHTS_URL:  # with a URL, fetch.smk downloads it
 
     rule official_weights:
         output:
@@ -83,7 +83,8 @@ else:
                 f"The official FC-CLIP checkpoint {BASE_WEIGHTS} (model.weights) is missing. "
                 "Download it from the FC-CLIP model zoo (README of github.com/bytedance/fc-clip: "
                 "fcclip_cocopan_r50.pth for R50, fcclip_cocopan.pth for ConvNeXt-L) and put it "
-                f"at {BASE_WEIGHTS}, or point model.weights in the study config to it."
+                f"at {BASE_WEIGHTS}, point model.weights in the study config to it, or set "
+                "model.weights_url (and model.weights_sha256) for the workflow to download it."
             ),
         shell:
             "echo {params.message:q} | tee {log} >&2; exit 1"
