@@ -194,7 +194,8 @@ def test_jobs_without_network_run_on_the_fetched_files(tmp_path):
         res = snakemake(
             [
                 "--executor", "cluster-generic", "--cluster-generic-submit-cmd", str(JOBS / "submit"),
-                "--jobs", "2", "--latency-wait", "5", "results/tiny/predictions/zeroshot/panoptic.json",
+                "--jobs", "2", "--latency-wait", "5", "--seconds-between-status-checks", "1",
+                "results/tiny/predictions/zeroshot/panoptic.json",
                 "--configfile", "study.yaml",
             ],
             tmp_path, env, timeout=240,
