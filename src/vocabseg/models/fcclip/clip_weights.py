@@ -230,6 +230,6 @@ def resolve_clip_pretrained(model_name: str, pretrained: str | None) -> str | No
             f"{CONFIG_KEY}: open_clip's {pretrained!r} weights of {model_name} (the preset's own when "
             f"{CONFIG_KEY} is null) are not in the local cache and cannot be downloaded from {source}: "
             f"{reason}; set {CONFIG_KEY} to a local open_clip checkpoint file of {model_name}, "
-            "fetched where there is network"
+            "fetched where there is network (in the workflow the local rule fetch_clip does this)"
         )
     return pretrained
