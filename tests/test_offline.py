@@ -113,6 +113,36 @@ def test_fetch_clip_from_the_hub_checks_the_hubs_sha256(hub_tag, tmp_path):
     assert not (tmp_path / "again.safetensors").exists()
 
 
+def test_fetch_clip_without_an_answer_from_the_hub_uses_a_verified_cached_file(hub_tag, monkeypatch, tmp_path):
+    """A submit host that cannot reach the hub either: a file in the hub cache is checked
+    against its blob name (the hub's sha256) and used; without one, one line says why."""
+
+    def no_answer(url, **kwargs):
+        raise ConnectionError("Network is unreachable")
+
+    monkeypatch.setattr("huggingface_hub.get_hf_file_metadata", no_answer)
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda repo, name, **kw: None)
+    spec = ModelSpec(preset="tiny", clip_pretrained="hubtag")
+    with pytest.raises(InputError, match=r"^model\.clip_pretrained .*hub did not answer about org/tiny-clip/") as err:
+        fetch_clip(spec, tmp_path / "a.safetensors", log=quiet)
+    assert "\n" not in str(err.value)
+
+    served = tmp_path / "hub" / "open_clip_model.safetensors"
+    blob = tmp_path / "cache" / "blobs" / sha256(served.read_bytes())
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(served.read_bytes())
+    snapshot = tmp_path / "cache" / "snapshots" / "abc" / "open_clip_model.safetensors"
+    snapshot.parent.mkdir(parents=True)
+    snapshot.symlink_to(blob)
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda repo, name, **kw: str(snapshot))
+    fetch_clip(spec, tmp_path / "b.safetensors", log=quiet)
+    assert (tmp_path / "b.safetensors").read_bytes() == served.read_bytes()
+
+    blob.write_bytes(b"damaged")
+    with pytest.raises(InputError, match=r"does not match the hub's checksum"):
+        fetch_clip(spec, tmp_path / "c.safetensors", log=quiet)
+
+
 def test_fetch_clip_of_an_unknown_tag_names_the_config_key(hub_tag, tmp_path):
     with pytest.raises(InputError, match=r"^model\.clip_pretrained: 'nosuchtag' is neither a file nor .*hubtag"):
         fetch_clip(ModelSpec(preset="tiny", clip_pretrained="nosuchtag"), tmp_path / "x.safetensors", log=quiet)

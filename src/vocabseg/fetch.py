@@ -134,7 +134,7 @@ def _from_hub(cfg: dict, what: str, log: Callable[[str], None]) -> tuple[Path, s
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
     from huggingface_hub.errors import EntryNotFoundError
 
-    from vocabseg.models.fcclip.clip_weights import hub_files
+    from vocabseg.models.fcclip.clip_weights import hub_cache_file, hub_files
 
     repo, names = hub_files(cfg)
     for name in names:
@@ -142,6 +142,17 @@ def _from_hub(cfg: dict, what: str, log: Callable[[str], None]) -> tuple[Path, s
             meta = get_hf_file_metadata(hf_hub_url(repo, name))
         except EntryNotFoundError:
             continue
+        except Exception as err:  # noqa: BLE001 - no answer from the hub, whatever the cause
+            path = hub_cache_file(repo, names)
+            if path is None:
+                raise InputError(
+                    f"{what}: the Hugging Face hub did not answer about {repo}/{name} "
+                    f"({type(err).__name__}: {' '.join(str(err).split())}); run Snakemake on a host with internet"
+                ) from None
+            # the hub cache names a file's blob by its ETag: verifiable without the hub
+            digest = hub_checksum(path, Path(path).resolve().name, what)
+            log(f"{path}: no answer from the hub ({type(err).__name__}); the cached file matches its sha256")
+            return Path(path), digest
         path = Path(hf_hub_download(repo, name))  # resumes an interrupted download itself
         digest = hub_checksum(path, meta.etag, what)
         log(f"{repo}/{name}: sha256 {digest} (verified against the hub)")
@@ -193,5 +204,7 @@ def fetch_clip(spec, out: Path | str, *, log: Callable[[str], None] = _print) ->
         raise InputError(f"{what}: open_clip names no download source")
     check_clip_file(model_name, source)
     _store_safetensors(source, Path(out))
+    if source.parent == Path(out).parent / ".downloads":
+        source.unlink()  # converted: keep one copy
     log(f"{out}: open_clip {model_name} {tag!r} weights, sha256 {file_digest(out)}")
     return Path(out)

@@ -40,6 +40,7 @@ __all__ = [
     "PROBE_TIMEOUT",
     "Signature",
     "check_clip_file",
+    "hub_cache_file",
     "hub_files",
     "open_clip_signature",
     "pretrained_cfg",
@@ -147,6 +148,17 @@ def hub_files(cfg: Mapping) -> tuple[str, list[str]]:
     return repo, [*names, filename]
 
 
+def hub_cache_file(repo: str, names: list[str]) -> str | None:
+    """The first of ``names`` in the local Hugging Face cache of ``repo`` (None: none)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in names:
+        found = try_to_load_from_cache(repo, name)
+        if isinstance(found, str):
+            return found
+    return None
+
+
 def url_sha256(url: str) -> str:
     """The sha256 (or its leading part) that open_clip reads from a download URL: the
     folder name of OpenAI's files, the file-name suffix of mlfoundations' ("" if none)."""
@@ -175,14 +187,9 @@ def _cached_file(cfg: Mapping) -> tuple[str | None, str]:
     looked up the way open_clip downloads: the Hugging Face hub first (safetensors, then
     the named file), else the URL into ``~/.cache/clip``."""
     if cfg.get("hf_hub", ""):
-        from huggingface_hub import try_to_load_from_cache
-
         repo, names = hub_files(cfg)
-        for name in names:
-            found = try_to_load_from_cache(repo, name)
-            if isinstance(found, str):
-                return found, f"Hugging Face repo {repo}"
-        return None, f"Hugging Face repo {repo} (file {names[-1]})"
+        found = hub_cache_file(repo, names)
+        return found, f"Hugging Face repo {repo}" + ("" if found else f" (file {names[-1]})")
     url = cfg.get("url", "")
     local = Path("~/.cache/clip").expanduser() / os.path.basename(url)
     return (str(local) if local.is_file() else None), url
