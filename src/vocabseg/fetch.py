@@ -125,7 +125,9 @@ def hub_checksum(path: Path | str, etag: str | None, what: str) -> str:
     else:
         raise InputError(f"{what}: the hub gave no checksum for {path.name} (ETag {etag!r}); cannot verify it")
     if have != etag:
-        raise InputError(f"{what}: {path} does not match the hub's checksum ({have} != {etag}); delete it and fetch again")
+        raise InputError(
+            f"{what}: {path} does not match the hub's checksum ({have} != {etag}); delete it and fetch again"
+        )
     return digest
 
 

@@ -66,9 +66,10 @@ def clip_is_tag(pretrained):
 
 
 if clip_is_tag(MODEL["clip_pretrained"]):
-    CLIP_FETCHED = "resources/weights/clip/" + "-".join(
-        part for part in (MODEL["preset"], MODEL["clip_pretrained"]) if part
-    ) + ".safetensors"
+    # resources/weights/clip/<preset>.safetensors, <preset>-<tag>.safetensors for a named tag
+    CLIP_FETCHED = "resources/weights/clip/{}.safetensors".format(
+        "-".join(filter(None, (MODEL["preset"], MODEL["clip_pretrained"])))
+    )
 else:
     CLIP_FETCHED = None
 # The CLIP weights every job's model JSON names (None: the preset's random init).
@@ -129,7 +130,9 @@ def fact_args(facts):
 def model_json():
     """The model block for the command line, naming the local CLIP weights file (the
     synthetic world's pretrained one, or the fetched open_clip weights) and no URL."""
-    spec = {key: value for key, value in MODEL.items() if key not in ("weights_url", "weights_sha256")}
+    spec = {
+        key: value for key, value in MODEL.items() if key not in ("weights_url", "weights_sha256")
+    }
     spec["clip_pretrained"] = CLIP_FILE
     return json.dumps(spec)
 
