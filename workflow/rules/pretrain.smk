@@ -68,7 +68,7 @@ if PRETRAIN_BASE:
             " --out {output} --state-dir {params.state} --metrics-log {params.state}/metrics.jsonl"
             " --threads {threads}"
 
-elif not WEIGHTS_URL:  # with a URL, fetch.smk downloads it
+else:
 
     rule official_weights:
         output:
@@ -86,5 +86,12 @@ elif not WEIGHTS_URL:  # with a URL, fetch.smk downloads it
                 f"at {BASE_WEIGHTS}, point model.weights in the study config to it, or set "
                 "model.weights_url (and model.weights_sha256) for the workflow to download it."
             ),
+            # with model.weights_url: downloaded here, on the submit host (docs/clusters.md)
+            url=WEIGHTS_URL,
+            sha256=f"--sha256 {MODEL['weights_sha256']}" if MODEL.get("weights_sha256") else "",
         shell:
-            "echo {params.message:q} | tee {log} >&2; exit 1"
+            (
+                "vocabseg fetch-url --url {params.url:q} {params.sha256} --out {output} > {log} 2>&1"
+                if WEIGHTS_URL
+                else "echo {params.message:q} | tee {log} >&2; exit 1"
+            )
