@@ -55,6 +55,7 @@ def test_dry_run_of_the_cityscapes_study_plans_everything_without_network(tmp_pa
     assert jobs["class_frequency"] == 9
     assert jobs["report"] == 1
     assert jobs["official_weights"] == 1  # the official checkpoint is an input, not pretrained
+    assert jobs["fetch_clip"] == 1  # open_clip's RN50 weights, fetched on the submit host
     # the seed's rows: 5 single-model trainings, 6 combined runs (the two "mean" rows share
     # one), 5 intersections (2 seed rows, 3 other overlap rules), the class-wise naive row
     assert jobs["train"] == 5 and jobs["train_combined"] == 6 and jobs["wiseft"] == 3

@@ -98,6 +98,21 @@ def cmd_pretrain_clip(a: argparse.Namespace) -> None:
 
 
 @_command
+def cmd_fetch_clip(a: argparse.Namespace) -> None:
+    from vocabseg.approaches.fcclip_setup import ModelSpec
+    from vocabseg.fetch import fetch_clip
+
+    fetch_clip(ModelSpec.from_json(a.model), a.out)
+
+
+@_command
+def cmd_fetch_url(a: argparse.Namespace) -> None:
+    from vocabseg.fetch import fetch_url
+
+    fetch_url(a.url, a.out, a.sha256)
+
+
+@_command
 def cmd_text_embeddings(a: argparse.Namespace) -> None:
     from vocabseg.approaches.fcclip_setup import ModelSpec, build_backbone, class_names, text_classifier_for, vocab_ids
     from vocabseg.models.fcclip import save_text_classifier
@@ -403,6 +418,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+
+    p = sub.add_parser("fetch-clip", help="download the study's pretrained CLIP weights (checksum verified)")
+    p.add_argument("--model", required=True, help="the study's model block as JSON")
+    p.add_argument("--out", type=P, required=True, help="the safetensors file the jobs read")
+
+    p = sub.add_parser("fetch-url", help="download the official FC-CLIP checkpoint (resumable, checksum verified)")
+    p.add_argument("--url", required=True, help="model.weights_url")
+    p.add_argument("--sha256", default=None, help="model.weights_sha256")
+    p.add_argument("--out", type=P, required=True, help="model.weights")
 
     p = sub.add_parser("text-embeddings", help="cache the text classifier of a vocabulary")
     p.add_argument("--model", required=True, help="the study's model block as JSON")

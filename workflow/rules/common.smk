@@ -95,6 +95,36 @@ BASE_WEIGHTS = f"{RESULTS}/models/base/model.pt" if PRETRAIN_BASE else MODEL["we
 CLIP_WEIGHTS = f"{RESULTS}/pretrain/clip.pt" if PRETRAIN_BASE else None
 
 
+# ---- downloads on the submit host (rules in fetch.smk; docs/clusters.md, "Offline
+# compute nodes"): jobs read local files only, so compute nodes need no network ----
+CLIP_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+def clip_is_tag(pretrained):
+    """model.clip_pretrained names an open_clip tag (null: the preset's), not a file."""
+    if pretrained is None:
+        return MODEL["preset"] != "tiny"  # the tiny CLIP has no tag: pretrained here
+    is_file = "/" in pretrained or pretrained.endswith(CLIP_FILE_SUFFIXES)
+    return not (is_file or Path(pretrained).exists())
+
+
+if clip_is_tag(MODEL["clip_pretrained"]):
+    # resources/weights/clip/<preset>.safetensors, <preset>-<tag>.safetensors for a named tag
+    CLIP_FETCHED = "resources/weights/clip/{}.safetensors".format(
+        "-".join(filter(None, (MODEL["preset"], MODEL["clip_pretrained"])))
+    )
+else:
+    CLIP_FETCHED = None
+# The CLIP weights every job's model JSON names (None: the preset's random init).
+CLIP_FILE = CLIP_FETCHED or MODEL["clip_pretrained"] or CLIP_WEIGHTS
+CLIP_INPUT = [CLIP_FILE] if CLIP_FILE else []
+WEIGHTS_URL = MODEL.get("weights_url")
+if WEIGHTS_URL and PRETRAIN_BASE:
+    raise WorkflowError(
+        "config key model.weights_url: needs model.weights, the file the checkpoint is saved to"
+    )
+
+
 wildcard_constraints:
     conf="|".join(sorted(set(config["vocabularies"]) | {"000", EVAL_VOCAB})),
     city=f"{DATASET}|{SOURCE}|{WEB}",
@@ -174,10 +204,12 @@ def fact_args(facts):
 
 
 def model_json():
-    """The model block for the command line, with the pretrained CLIP of the synthetic world."""
-    spec = dict(MODEL)
-    if CLIP_WEIGHTS and spec["clip_pretrained"] is None:
-        spec["clip_pretrained"] = CLIP_WEIGHTS
+    """The model block for the command line, naming the local CLIP weights file (the
+    synthetic world's pretrained one, or the fetched open_clip weights) and no URL."""
+    spec = {
+        key: value for key, value in MODEL.items() if key not in ("weights_url", "weights_sha256")
+    }
+    spec["clip_pretrained"] = CLIP_FILE
     return json.dumps(spec)
 
 

@@ -28,6 +28,7 @@ rule predict:
         train_split=lambda wc: train_split_of(wc.approach),
         prepared=PREPARED,
         raw=RAW,
+        clip=CLIP_INPUT,
     output:
         json=f"{RESULTS}/predictions/{{approach}}/panoptic.json",
         folder=directory(f"{RESULTS}/predictions/{{approach}}/panoptic"),

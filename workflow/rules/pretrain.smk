@@ -34,7 +34,7 @@ if PRETRAIN_BASE:
 
     rule pretrain_base:
         input:
-            clip=CLIP_WEIGHTS,
+            clip=CLIP_INPUT,
             prepared=f"resources/{SOURCE}/prepared",
             raw=f"resources/{SOURCE}/raw",
             text=f"{TEXT}/000.pt",
@@ -86,7 +86,15 @@ elif not os.path.exists(BASE_WEIGHTS):
                 f"The official FC-CLIP checkpoint {BASE_WEIGHTS} (model.weights) is missing. "
                 "Download it from the FC-CLIP model zoo (README of github.com/bytedance/fc-clip: "
                 "fcclip_cocopan_r50.pth for R50, fcclip_cocopan.pth for ConvNeXt-L) and put it "
-                f"at {BASE_WEIGHTS}, or point model.weights in the study config to it."
+                f"at {BASE_WEIGHTS}, point model.weights in the study config to it, or set "
+                "model.weights_url (and model.weights_sha256) for the workflow to download it."
             ),
+            # with model.weights_url: downloaded here, on the submit host (docs/clusters.md)
+            url=WEIGHTS_URL,
+            sha256=f"--sha256 {MODEL['weights_sha256']}" if MODEL.get("weights_sha256") else "",
         shell:
-            "echo {params.message:q} | tee {log} >&2; exit 1"
+            (
+                "vocabseg fetch-url --url {params.url:q} {params.sha256} --out {output} > {log} 2>&1"
+                if WEIGHTS_URL
+                else "echo {params.message:q} | tee {log} >&2; exit 1"
+            )

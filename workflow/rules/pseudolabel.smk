@@ -8,6 +8,7 @@ rule predict_teacher:
         text=f"{TEXT}/000.pt",
         prepared=PREPARED,
         raw=RAW,
+        clip=CLIP_INPUT,
     output:
         json=f"{RESULTS}/pseudo/teacher/panoptic.json",
         folder=directory(f"{RESULTS}/pseudo/teacher/panoptic"),

@@ -3,7 +3,7 @@
 
 rule text_embeddings:
     input:
-        clip=[CLIP_WEIGHTS] if CLIP_WEIGHTS else [],
+        clip=CLIP_INPUT,
         split=f"{RESULTS}/vocab/{{conf}}/split.json",
     output:
         f"{TEXT}/{{conf}}.pt",

@@ -12,6 +12,7 @@ rule train:
         unpack(lambda wc: train_inputs(wc.approach)),
         init=BASE_WEIGHTS,
         raw=RAW,
+        clip=CLIP_INPUT,
     output:
         f"{RESULTS}/models/{{approach}}/model.pt",
     log:
@@ -54,6 +55,7 @@ rule train_combined:
     input:
         unpack(lambda wc: combined_inputs(wc.run)),
         raw=RAW,
+        clip=CLIP_INPUT,
     output:
         f"{RESULTS}/models/combined/{{run}}/model.pt",
     log:
@@ -93,6 +95,7 @@ rule wiseft:
     input:
         zeroshot=BASE_WEIGHTS,
         finetuned=lambda wc: weights_of(APPROACHES[wc.approach]["finetuned"]),
+        clip=CLIP_INPUT,
     output:
         f"{RESULTS}/models/{{approach}}/model.pt",
     log:

@@ -358,43 +358,59 @@ class _Site:
     def _save_body(
         self, answer: requests.Response, package: str, part: Path, offset: int, what: str
     ) -> None:
-        """Write a /file-handling/ answer into ``part`` (append for 206, restart for 200)."""
-        status = answer.status_code
-        if status == 416 and offset:
-            self._log(f"{package}: {part.name} already holds the whole file")
-            return
-        if status == 206:
-            if _content_range_start(answer) != offset:
-                raise DownloadError(
-                    f"{what} resumed at the wrong position; delete {part} and run again"
-                )
-            self._log(f"{package}: resuming at {offset / 2**20:.1f} MiB")
-            mode, done = "ab", offset
-        elif status == 200:
-            if offset:
-                self._log(f"{package}: the server did not resume; starting again")
-            mode, done = "wb", 0
-        else:
-            raise DownloadError(
-                f"{what} answered HTTP {status}; is the account allowed to download this package?"
-            )
-        total = _expected_total(answer, done)
-        update = _progress_logger(self._log, f"downloading {package}", total, done)
-        try:
-            with part.open(mode) as handle:
-                for chunk in answer.iter_content(chunk_size=CHUNK_SIZE):
-                    handle.write(chunk)
-                    done += len(chunk)
-                    update(done)
-        except requests.RequestException:
-            raise  # a network error (also an OSError); reported by the caller
-        except OSError as err:
-            raise DownloadError(f"writing {part} failed: {err}") from None
-        if total is not None and done != total:
-            raise TransientDownloadError(
-                f"{what} stopped after {done} of {total} bytes; "
-                f"the partial file {part} is kept and the next run resumes it"
-            )
+        """Write a /file-handling/ answer into ``part`` (see :func:`save_resumed_body`)."""
+        save_resumed_body(
+            answer, part, offset, what, package, self._log,
+            refused="is the account allowed to download this package?",
+        )  # fmt: skip
+
+
+def save_resumed_body(
+    answer: requests.Response,
+    part: Path,
+    offset: int,
+    what: str,
+    label: str,
+    log: Callable[[str], None],
+    *,
+    refused: str,
+) -> None:
+    """Write the answer to a GET sent with ``Range: bytes=<offset>-`` (no Range for 0)
+    into ``part``: appended for 206, from the start for 200; any other status is a
+    :class:`DownloadError` ending with ``refused``, a short body a
+    :class:`TransientDownloadError` that keeps ``part`` for the next try."""
+    status = answer.status_code
+    if status == 416 and offset:
+        log(f"{label}: {part.name} already holds the whole file")
+        return
+    if status == 206:
+        if _content_range_start(answer) != offset:
+            raise DownloadError(f"{what} resumed at the wrong position; delete {part} and run again")
+        log(f"{label}: resuming at {offset / 2**20:.1f} MiB")
+        mode, done = "ab", offset
+    elif status == 200:
+        if offset:
+            log(f"{label}: the server did not resume; starting again")
+        mode, done = "wb", 0
+    else:
+        raise DownloadError(f"{what} answered HTTP {status}; {refused}")
+    total = _expected_total(answer, done)
+    update = _progress_logger(log, f"downloading {label}", total, done)
+    try:
+        with part.open(mode) as handle:
+            for chunk in answer.iter_content(chunk_size=CHUNK_SIZE):
+                handle.write(chunk)
+                done += len(chunk)
+                update(done)
+    except requests.RequestException:
+        raise  # a network error (also an OSError); reported by the caller
+    except OSError as err:
+        raise DownloadError(f"writing {part} failed: {err}") from None
+    if total is not None and done != total:
+        raise TransientDownloadError(
+            f"{what} stopped after {done} of {total} bytes; "
+            f"the partial file {part} is kept and the next run resumes it"
+        )
 
 
 def _content_range_start(answer: requests.Response) -> int | None:

@@ -35,7 +35,18 @@ from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from vocabseg.errors import InputError
 from vocabseg.fileio import torch_load_checked
 
-__all__ = ["CONFIG_KEY", "PROBE_TIMEOUT", "resolve_clip_pretrained", "open_clip_signature", "Signature"]
+__all__ = [
+    "CONFIG_KEY",
+    "PROBE_TIMEOUT",
+    "Signature",
+    "check_clip_file",
+    "hub_cache_file",
+    "hub_files",
+    "open_clip_signature",
+    "pretrained_cfg",
+    "resolve_clip_pretrained",
+    "url_sha256",
+]
 
 #: The study-config key every message names.
 CONFIG_KEY = "model.clip_pretrained"
@@ -126,24 +137,59 @@ def check_clip_file(model_name: str, path: Path) -> None:
     )
 
 
+def hub_files(cfg: Mapping) -> tuple[str, list[str]]:
+    """(Hugging Face repo, file names in open_clip's order of preference) of a pretrained
+    cfg with an ``hf_hub`` entry: safetensors first, then the named file."""
+    repo, filename = os.path.split(cfg["hf_hub"])
+    filename = filename or HF_WEIGHTS_NAME
+    names = [HF_SAFE_WEIGHTS_NAME] if filename == HF_WEIGHTS_NAME else []
+    if filename != HF_WEIGHTS_NAME and filename.endswith((".bin", ".pth")):
+        names.append(filename[:-4] + ".safetensors")
+    return repo, [*names, filename]
+
+
+def hub_cache_file(repo: str, names: list[str]) -> str | None:
+    """The first of ``names`` in the local Hugging Face cache of ``repo`` (None: none)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in names:
+        found = try_to_load_from_cache(repo, name)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def url_sha256(url: str) -> str:
+    """The sha256 (or its leading part) that open_clip reads from a download URL: the
+    folder name of OpenAI's files, the file-name suffix of mlfoundations' ("" if none)."""
+    if "openaipublic" in url:
+        return url.split("/")[-2]
+    if "mlfoundations" in url:
+        return os.path.splitext(os.path.basename(url))[0].split("-")[-1]
+    return ""
+
+
+def pretrained_cfg(model_name: str, tag: str) -> dict:
+    """open_clip's pretrained cfg of ``tag`` for ``model_name``; InputError naming
+    :data:`CONFIG_KEY` (and the model's tags) for an unknown tag."""
+    cfg = open_clip.get_pretrained_cfg(model_name, tag)
+    if not cfg:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
+        raise InputError(
+            f"{CONFIG_KEY}: {tag!r} is neither a file nor an open_clip pretrained tag of "
+            f"{model_name!r} (its tags: {tags})"
+        )
+    return cfg
+
+
 def _cached_file(cfg: Mapping) -> tuple[str | None, str]:
     """(local file or None, where open_clip would download it from) for a pretrained cfg,
     looked up the way open_clip downloads: the Hugging Face hub first (safetensors, then
     the named file), else the URL into ``~/.cache/clip``."""
-    hub = cfg.get("hf_hub", "")
-    if hub:
-        from huggingface_hub import try_to_load_from_cache
-
-        repo, filename = os.path.split(hub)
-        filename = filename or HF_WEIGHTS_NAME
-        names = [HF_SAFE_WEIGHTS_NAME] if filename == HF_WEIGHTS_NAME else []
-        if filename != HF_WEIGHTS_NAME and filename.endswith((".bin", ".pth")):
-            names.append(filename[:-4] + ".safetensors")
-        for name in [*names, filename]:
-            found = try_to_load_from_cache(repo, name)
-            if isinstance(found, str):
-                return found, f"Hugging Face repo {repo}"
-        return None, f"Hugging Face repo {repo} (file {filename})"
+    if cfg.get("hf_hub", ""):
+        repo, names = hub_files(cfg)
+        found = hub_cache_file(repo, names)
+        return found, f"Hugging Face repo {repo}" + ("" if found else f" (file {names[-1]})")
     url = cfg.get("url", "")
     local = Path("~/.cache/clip").expanduser() / os.path.basename(url)
     return (str(local) if local.is_file() else None), url
@@ -181,13 +227,7 @@ def resolve_clip_pretrained(model_name: str, pretrained: str | None) -> str | No
     if path.is_file():
         check_clip_file(model_name, path)
         return str(path)
-    cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
-    if not cfg:
-        tags = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
-        raise InputError(
-            f"{CONFIG_KEY}: {pretrained!r} is neither a file nor an open_clip pretrained tag of "
-            f"{model_name!r} (its tags: {tags})"
-        )
+    cfg = pretrained_cfg(model_name, pretrained)
     cached, source = _cached_file(cfg)
     if cached is not None:
         return cached
@@ -197,6 +237,6 @@ def resolve_clip_pretrained(model_name: str, pretrained: str | None) -> str | No
             f"{CONFIG_KEY}: open_clip's {pretrained!r} weights of {model_name} (the preset's own when "
             f"{CONFIG_KEY} is null) are not in the local cache and cannot be downloaded from {source}: "
             f"{reason}; set {CONFIG_KEY} to a local open_clip checkpoint file of {model_name}, "
-            "fetched where there is network"
+            "fetched where there is network (in the workflow the local rule fetch_clip does this)"
         )
     return pretrained
