@@ -34,6 +34,7 @@ __all__ = [
     "one_thread",
     "read_metrics",
     "assert_bitwise_equal",
+    "assert_ddp_matches",
     "start_run",
     "wait_for",
     "free_port",
@@ -72,6 +73,30 @@ def assert_bitwise_equal(mine: dict[str, torch.Tensor], ref: dict[str, torch.Ten
     assert mine.keys() == ref.keys()
     differing = [k for k in ref if not torch.equal(mine[k], ref[k])]
     assert not differing, f"{len(differing)} tensors differ, e.g. {differing[:3]}"
+
+
+def assert_ddp_matches(folder: Path, reference: Path, tol: float, log_iters: list[int]) -> None:
+    """The run in ``folder`` (several processes) ended where the one-process run in
+    ``reference`` did, up to float rounding.
+
+    Every tensor of the exported ``"model"`` state satisfies ``|a - b| <= tol * (1 + |b|)``
+    (the largest difference is printed), and the metrics logs have lines at
+    ``log_iters`` whose values (not the timing) agree to ``rel=1e-5, abs=1e-6``.
+    """
+    mine = torch.load(folder / "model.pt", weights_only=True)["model"]
+    ref = torch.load(reference / "model.pt", weights_only=True)["model"]
+    assert mine.keys() == ref.keys()
+    diff = max((mine[k].double() - ref[k].double()).abs().max().item() for k in ref if ref[k].numel())
+    print(f"max abs weight difference DDP vs one process: {diff:.3g}")
+    for key in ref:
+        torch.testing.assert_close(mine[key], ref[key], atol=tol, rtol=tol, msg=lambda m: f"{key}: {m}")
+    lines = read_metrics(folder)
+    assert [r["iter"] for r in lines] == log_iters
+    for a, b in zip(lines, read_metrics(reference)):
+        assert a.keys() == b.keys()
+        for key in a:
+            if key != "sec_per_iter":
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
 
 
 def start_run(script: Path, folder: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
