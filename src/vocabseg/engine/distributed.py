@@ -168,20 +168,25 @@ class _SumOverProcesses(torch.autograd.Function):
         return _SumOverProcesses.apply(grad)
 
 
-class _GlooSyncBatchNorm(nn.SyncBatchNorm):
-    """:class:`torch.nn.SyncBatchNorm` that also synchronises CPU tensors (Gloo).
+class _GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose batch statistics span all processes, for CPU tensors (Gloo).
 
-    PyTorch's SyncBatchNorm refuses CPU input. In training mode under a process
+    PyTorch's SyncBatchNorm refuses CPU input, and DDP refuses a CPU model that holds
+    one, hence this separate class. In training mode under a process
     group, this one computes the per-channel sum, sum of squares and count of its
     input, sums them over processes with a differentiable all-reduce (its backward
     sums the gradients over processes, as SyncBatchNorm's backward does) and normalises with the global mean and biased
     variance; the running statistics are updated with the global mean and unbiased
     variance. The statistics are formed in float64. Otherwise (eval mode, no group)
-    it is SyncBatchNorm, i.e. plain BatchNorm.
+    it is plain BatchNorm.
     """
 
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not (self.training and is_distributed() and input.device.type == "cpu"):
+        if not (self.training and is_distributed()):
             return super().forward(input)
         self._check_input_dim(input)
         channels = input.shape[1]
@@ -211,18 +216,20 @@ def sync_batchnorm(model: nn.Module) -> nn.Module:
     """``model`` with every ``BatchNorm*d`` layer computing its batch statistics over all processes.
 
     Call it before wrapping the model in DDP. Under a process group of more than one
-    process the layers become :class:`torch.nn.SyncBatchNorm` (CUDA; Gloo on CPU gets
-    the equivalent :class:`_GlooSyncBatchNorm`); parameters and buffers are kept (same
-    tensors, same state-dict keys). Without one the model is returned unchanged.
+    process the layers become :class:`torch.nn.SyncBatchNorm` on CUDA and the
+    equivalent :class:`_GlooSyncBatchNorm` on the CPU; parameters and buffers are kept
+    (same tensors, same state-dict keys). Without one the model is returned unchanged.
     Layers in eval mode (e.g. a frozen backbone's) keep using their running statistics.
     """
     if world_size() <= 1:
         return model
-    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if device().type == "cpu":
-        for module in model.modules():
-            if type(module) is nn.SyncBatchNorm:
-                module.__class__ = _GlooSyncBatchNorm
+    if device().type != "cpu":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if isinstance(model, nn.modules.batchnorm._BatchNorm):
+        raise TypeError("sync_batchnorm: pass the model that holds the BatchNorm layers, not a layer")
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
+            module.__class__ = _GlooSyncBatchNorm
     return model
 
 
