@@ -26,10 +26,9 @@ from vocabseg.errors import InputError
 
 from trainer_helpers import (
     assert_bitwise_equal,
-    ddp_env,
-    free_port,
     one_thread,
     read_metrics,
+    run_ddp,
     run_paths,
     start_run,
     train_and_exit,
@@ -425,10 +424,7 @@ def test_sigterm_checkpoints_exits_143_and_resumes_identically(tmp_path, referen
 
 
 def test_two_process_ddp_matches_one_process(tmp_path, reference):
-    port = free_port()
-    procs = [start_run(SCRIPT, tmp_path, env=ddp_env(r, 2, port)) for r in range(2)]
-    outputs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
+    run_ddp(SCRIPT, tmp_path, timeout=120)
     mine, ref = _weights(tmp_path / "model.pt"), _weights(reference / "model.pt")
     assert mine.keys() == ref.keys()
     for key in ref:

@@ -1,8 +1,9 @@
 """Helpers of the tests that compare interrupted or distributed training runs.
 
-``tests/test_trainer.py`` (a toy net) and ``tests/test_fcclip_training.py`` (tiny
-FC-CLIP) both run training in subprocesses (each test file executed as a script with
-``--dir FOLDER``), kill, preempt or distribute them, and compare the result with an
+``tests/test_trainer.py`` (a toy net), ``tests/test_fcclip_training.py`` (tiny
+FC-CLIP) and ``tests/test_contmav_training.py`` (tiny ContMAV) run training in
+subprocesses (each test file executed as a script with ``--dir FOLDER``), kill,
+preempt or distribute them, and compare the result with an
 uninterrupted in-process run of the same configuration in the layout of
 :func:`run_paths`.
 
@@ -39,6 +40,7 @@ __all__ = [
     "wait_for",
     "free_port",
     "ddp_env",
+    "run_ddp",
     "train_and_exit",
 ]
 
@@ -138,6 +140,15 @@ def ddp_env(rank: int, world_size: int, port: int) -> dict[str, str]:
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(port),
     }
+
+
+def run_ddp(script: Path, folder: Path, *args: str, world_size: int = 2, timeout: float = 180.0) -> None:
+    """Run :func:`start_run` ``(script, folder, *args)`` as ``world_size`` processes of one
+    gloo group and wait for them; fail the test unless every one exits 0."""
+    port = free_port()
+    procs = [start_run(script, folder, *args, env=ddp_env(r, world_size, port)) for r in range(world_size)]
+    outputs = [p.communicate(timeout=timeout) for p in procs]
+    assert [p.returncode for p in procs] == [0] * world_size, outputs
 
 
 def train_and_exit(task, dataset, cfg: TrainConfig, folder: Path) -> NoReturn:
