@@ -172,13 +172,13 @@ class _GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose batch statistics span all processes, for CPU tensors (Gloo).
 
     PyTorch's SyncBatchNorm refuses CPU input, and DDP refuses a CPU model that holds
-    one, hence this separate class. In training mode under a process
-    group, this one computes the per-channel sum, sum of squares and count of its
-    input, sums them over processes with a differentiable all-reduce (its backward
-    sums the gradients over processes, as SyncBatchNorm's backward does) and normalises with the global mean and biased
-    variance; the running statistics are updated with the global mean and unbiased
-    variance. The statistics are formed in float64. Otherwise (eval mode, no group)
-    it is plain BatchNorm.
+    one, hence this separate class. In training mode under a process group it computes
+    the per-channel sum, sum of squares and count of its input, sums them over
+    processes with a differentiable all-reduce (whose backward sums the gradients over
+    processes, as SyncBatchNorm's backward does) and normalises with the global mean
+    and biased variance; the running statistics are updated with the global mean and
+    unbiased variance. The statistics are formed in float64. Otherwise (eval mode, no
+    group) it is plain BatchNorm.
     """
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
@@ -217,8 +217,9 @@ def sync_batchnorm(model: nn.Module) -> nn.Module:
 
     Call it before wrapping the model in DDP. Under a process group of more than one
     process the layers become :class:`torch.nn.SyncBatchNorm` on CUDA and the
-    equivalent :class:`_GlooSyncBatchNorm` on the CPU; parameters and buffers are kept
-    (same tensors, same state-dict keys). Without one the model is returned unchanged.
+    equivalent :class:`_GlooSyncBatchNorm` on the CPU (the layers change class in
+    place); parameters and buffers are kept (same tensors, same state-dict keys).
+    Without such a group the model is returned unchanged.
     Layers in eval mode (e.g. a frozen backbone's) keep using their running statistics.
     """
     if world_size() <= 1:
