@@ -3,12 +3,18 @@
 Covers the semantic dataset (label spaces, augmentation determinism, bad input), the
 class-weight file, the MAV accumulation through the shared trainer (epoch 0 without
 the MAV losses, epoch 1 with the means of epoch 0), gradients of every variant, the
-export file, a crash/resume of a run with MAV state, and the CLI pipeline
-weights -> train -> eval.
+export file, a crash/resume of a run with MAV state, the CLI pipeline
+weights -> train -> eval, and two gloo processes against one (synchronised BatchNorm,
+every loss normalised over the global batch).
+
+The distributed run executes this file as a script
+(``python tests/test_contmav_training.py --dir D --data CITY_ROOT``) in subprocesses
+(helpers shared with the other training tests in ``tests/trainer_helpers.py``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -43,11 +49,14 @@ from vocabseg.data.transforms import color_jitter_hsv
 from vocabseg.engine import TrainConfig, train
 from vocabseg.errors import InputError
 
-from trainer_helpers import one_thread, read_metrics, run_paths
+from trainer_helpers import assert_ddp_matches, one_thread, read_metrics, run_ddp, run_paths, train_and_exit
 
 SIZE = (64, 128)
 UNKNOWN = (16, 17, 18)
 KNOWN = known_from_unknown(UNKNOWN)
+
+
+SCRIPT = Path(__file__).resolve()
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +64,11 @@ def city(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("contmav_city")
     generate_city(root / "raw", split_sizes={"train": 4, "val": 2}, height=SIZE[0], width=SIZE[1], seed=5)
     prepare_dataset(root / "raw", root / "prepared", ("train", "val"))
+    return city_paths(root)
+
+
+def city_paths(root: Path) -> dict[str, Path]:
+    """The folders of the generated city under ``root``."""
     return {
         "root": root,
         "train_images": root / "raw" / "leftImg8bit" / "train",
@@ -406,3 +420,75 @@ def test_cli_training_restarts_when_its_labels_or_variant_change(city, tmp_path,
     [line] = run({"semantic": "focal"})
     assert "(variant)" in line
     assert sorted(p.name for p in state.parent.iterdir()) == ["ckpt", "ckpt.stale-1", "ckpt.stale-2"]
+
+
+# ---------------------------------------------------------------------- DDP
+
+# Two epochs of two iterations: the second uses the first one's MAVs, so every loss term
+# is active; class weights that differ per class make the CE a true weighted mean.
+DDP_CFG = dict(iters=4, batch_size=2, optimizer="adam", lr=0.004, weight_decay=1e-4, schedule="onecycle",
+               clip_grad=0.0, log_every=1, checkpoint_every=2, seed=2)
+# The model runs in float64 and parameters whose gradient is 0 in exact arithmetic stay
+# frozen: the biases of the convolutions right before a BatchNorm (which subtracts them
+# again) and the 1x1 pyramid-pooling branch (its BatchNorm over two 1x1 maps, one per
+# image, outputs +-1 whatever its input). Adam's first steps are about lr * sign(grad),
+# so in float32 rounding noise in such (or merely tiny) gradients becomes differences of
+# up to 1e-3 between the runs, hiding real ones.
+NOISE_ONLY = ("conv1x3_1.bias", "conv1x3_2.bias", "context.branches.0.0.weight")
+# 2-process DDP vs 1 process: |a - b| <= DDP_TOL * (1 + |b|) per weight and buffer.
+# Observed: 3.1e-9 (a running variance). Per-process loss means (before the global
+# normalisation) move the weights by 0.94; per-process BatchNorm fails outright (a batch
+# of one 1x1 map per process).
+DDP_TOL = 1e-7
+
+
+class Float64Task(ContMAVTask):
+    """ContMAVTask of a float64 model: feeds it float64 images."""
+
+    def losses(self, model, images, targets):
+        return super().losses(model, images.double(), targets)
+
+
+def _ddp_task_and_data(city: dict[str, Path]) -> tuple[ContMAVTask, SemanticDataset]:
+    """The tiny ContMAV task (seeded weights, per-class CE weights) and its dataset."""
+    torch.manual_seed(0)
+    model = build_contmav_model({"preset": "tiny"}, len(KNOWN), SIZE)
+    for name, param in model.named_parameters():
+        if name.endswith(NOISE_ONLY):
+            param.requires_grad_(False)
+    task = Float64Task(model.double(), torch.linspace(0.5, 1.5, len(KNOWN)), ContMAVVariant.from_dict({}), KNOWN)
+    dataset = SemanticDataset(
+        city["train_images"], city["train_labels"], KNOWN, augment=contmav_augment(SIZE, 1.0, 1.5)
+    )
+    return task, dataset
+
+
+def test_two_process_ddp_matches_one_process(city, tmp_path):
+    """Global batch 2 on 2 gloo processes == batch 2 on one, up to float rounding.
+
+    One image per process: without synchronised BatchNorm the batch statistics are
+    per image, and without globally normalised losses each image's pixels weigh by
+    the size of its own shard; MAVs are summed over processes at every epoch end.
+    """
+    reference = tmp_path / "one"
+    task, dataset = _ddp_task_and_data(city)
+    with one_thread():
+        train(task, dataset, TrainConfig(**DDP_CFG), **run_paths(reference))
+    folder = tmp_path / "two"
+    run_ddp(SCRIPT, folder, "--data", str(city["root"]))
+    assert_ddp_matches(folder, reference, DDP_TOL, [1, 2, 3, 4])
+    assert {"loss_feat", "loss_cont"} <= set(read_metrics(reference)[-1])
+
+
+def _main() -> None:
+    parser = argparse.ArgumentParser(description="train the tiny ContMAV of the DDP test")
+    parser.add_argument("--dir", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="the city fixture's root folder")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    task, dataset = _ddp_task_and_data(city_paths(args.data))
+    train_and_exit(task, dataset, TrainConfig(**DDP_CFG), args.dir)
+
+
+if __name__ == "__main__":
+    _main()

@@ -9,7 +9,9 @@ with the Cityscapes augmentation, 64x128 crops of four prepared synthetic images
 * A run killed with SIGKILL, or preempted with SIGTERM (exit 143), then resumed ends
   with weights bitwise equal to an uninterrupted run.
 * Two gloo processes with a global batch of 2 end within float rounding of one process
-  with the batch of 2.
+  with the batch of 2, for every FC-CLIP training task: fine-tuning, knowledge
+  distillation (:class:`~vocabseg.approaches.distill.DistillTask`) and the combined
+  two-model approach (:class:`~vocabseg.approaches.combined.CombinedTask`).
 
 Runs that must be killed or distributed execute this file as a script
 (``python tests/test_fcclip_training.py --dir D --data C ...``) in subprocesses, each
@@ -20,6 +22,7 @@ with one torch thread, as the in-process runs (helpers shared with
 from __future__ import annotations
 
 import argparse
+import copy
 import signal
 import time
 from pathlib import Path
@@ -34,6 +37,8 @@ from vocabseg.approaches.fcclip_setup import (
     text_classifier_for,
     vocab_ids,
 )
+from vocabseg.approaches.combined import CombinedFCCLIP, CombinedTask
+from vocabseg.approaches.distill import DistillTask
 from vocabseg.approaches.finetune import FinetuneTask
 from vocabseg.data.panoptic_dataset import PanopticTrainDataset
 from vocabseg.data.transforms import AugmentConfig, TrainAugment
@@ -44,10 +49,10 @@ from vocabseg.models.fcclip import TextClassifier
 
 from trainer_helpers import (
     assert_bitwise_equal,
-    ddp_env,
-    free_port,
+    assert_ddp_matches,
     one_thread,
     read_metrics,
+    run_ddp,
     run_paths,
     start_run,
     train_and_exit,
@@ -68,6 +73,12 @@ LOG_ITERS = [2, 4, 6, 8]
 # moves them by <= 5e-4): per-process instead of all-reduced num_masks (4.3e-4), and
 # unequal class-loss weight sums per shard, as with 32 queries (3.9e-4).
 DDP_TOL = 1e-6
+# Distillation and the combined model run half as long (one reference run each).
+SHORT_CFG = {**CFG, "iters": 4}
+# Classifier indices the distillation treats as out-classes: the teacher (another random
+# tiny FC-CLIP) assigns about half of the queries to one of them, in unequal numbers
+# per image, so the KD terms' global |S| differs from each shard's.
+OUT_INDICES = list(range(9, 19))
 
 
 class SlowTask(FinetuneTask):
@@ -85,13 +96,22 @@ class SlowTask(FinetuneTask):
         return super().losses(model, images, targets)
 
 
-def make_task(sleep: float = 0.0) -> SlowTask:
-    """Random tiny FC-CLIP (seed 0) with the text classifier of its own CLIP, all 19 classes."""
+def make_task(sleep: float = 0.0, kind: str = "finetune"):
+    """Random tiny FC-CLIP (seed 0) with the text classifier of its own CLIP, all 19 classes,
+    in the task of ``kind``: ``"finetune"`` (a :class:`SlowTask`), ``"distill"`` (teacher:
+    another random tiny FC-CLIP, seed 1) or ``"combined"`` (M1 = the model, M2 its twin)."""
     torch.manual_seed(0)
     model = build_model(SPEC, None)
     ids = vocab_ids(None)
     embeddings, num_synonyms = text_classifier_for(model.backbone, ids)
     text = TextClassifier(embeddings, num_synonyms, class_names(ids), TINY_CLIP_NAME)
+    if kind == "distill":
+        torch.manual_seed(1)
+        teacher = build_model(SPEC, None)
+        teacher.backbone = copy.deepcopy(model.backbone)
+        return DistillTask(model, teacher, text, OUT_INDICES, num_points=NUM_POINTS)
+    if kind == "combined":
+        return CombinedTask(CombinedFCCLIP.from_base(model), text, num_points=NUM_POINTS, m2_in_only=False)
     return SlowTask(model, text, num_points=NUM_POINTS, sleep=sleep)
 
 
@@ -106,11 +126,16 @@ def make_dataset(city: Path) -> PanopticTrainDataset:
     )
 
 
-def run_inprocess(folder: Path, city: Path) -> SlowTask:
+def run_inprocess(folder: Path, city: Path, kind: str = "finetune"):
     with one_thread():
-        task = make_task()
-        train(task, make_dataset(city), TrainConfig(**CFG), **run_paths(folder))
+        task = make_task(kind=kind)
+        train(task, make_dataset(city), TrainConfig(**config_of(kind)), **run_paths(folder))
     return task
+
+
+def config_of(kind: str) -> dict:
+    """The training settings of the runs of ``kind``."""
+    return CFG if kind == "finetune" else SHORT_CFG
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -203,36 +228,24 @@ def test_sigterm_checkpoints_exits_143_and_resumes_identically(tmp_path, city, r
     )
 
 
-def test_two_process_ddp_matches_one_process(tmp_path, city, reference):
+@pytest.mark.parametrize("kind", ["finetune", "distill", "combined"])
+def test_two_process_ddp_matches_one_process(tmp_path, city, reference, kind):
     """Global batch 2 on 2 gloo processes == batch 2 on one, up to float rounding.
 
     What makes it exact in real arithmetic: the trainer gives each sample the same seed
     whatever its process (augmentation, matcher and loss points are seeded per sample),
-    every layer of FC-CLIP works per image (GroupNorm/LayerNorm, no BatchNorm), the mask
-    losses divide by the all-reduced number of masks per process, and DDP averages the
-    gradients. The class loss is a weighted mean per process (upstream), equal to the
-    one-process value only when both shards have the same weight sum; with every query
-    matched (see SPEC) each image's weights sum to the number of queries.
+    every layer of FC-CLIP works per image (GroupNorm/LayerNorm, no BatchNorm), every
+    loss divides its per-process sum by the global count over the world size (the
+    criterion's masks and class weights, the distillation's |S|; see
+    :func:`vocabseg.engine.distributed.global_normaliser`) and DDP averages the
+    gradients.
     """
-    port = free_port()
-    procs = [start_run(SCRIPT, tmp_path, "--data", str(city), env=ddp_env(r, 2, port)) for r in range(2)]
-    outputs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
-    mine, ref = _weights(tmp_path / "model.pt"), _weights(reference / "model.pt")
-    assert mine.keys() == ref.keys()
-    diff = max((mine[k] - ref[k]).abs().max().item() for k in ref)
-    print(f"max abs weight difference DDP vs one process: {diff:.3g}")
-    for key in ref:
-        torch.testing.assert_close(
-            mine[key], ref[key], atol=DDP_TOL, rtol=DDP_TOL, msg=lambda m: f"{key}: {m}"
-        )
-    lines = read_metrics(tmp_path)
-    assert [r["iter"] for r in lines] == LOG_ITERS
-    for a, b in zip(lines, read_metrics(reference)):
-        assert a.keys() == b.keys()
-        for key in a:
-            if key != "sec_per_iter":
-                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    if kind != "finetune":
+        reference = tmp_path / "one"
+        run_inprocess(reference, city, kind)
+    folder = tmp_path / "two"
+    run_ddp(SCRIPT, folder, "--data", str(city), "--kind", kind)
+    assert_ddp_matches(folder, reference, DDP_TOL, [i for i in LOG_ITERS if i <= config_of(kind)["iters"]])
 
 
 def _main() -> None:
@@ -240,9 +253,11 @@ def _main() -> None:
     parser.add_argument("--dir", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True, help="the city fixture's folder")
     parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--kind", choices=("finetune", "distill", "combined"), default="finetune")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    train_and_exit(make_task(args.sleep), make_dataset(args.data), TrainConfig(**CFG), args.dir)
+    task = make_task(args.sleep, args.kind)
+    train_and_exit(task, make_dataset(args.data), TrainConfig(**config_of(args.kind)), args.dir)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,9 @@ from vocabseg.errors import InputError
 
 from trainer_helpers import (
     assert_bitwise_equal,
-    ddp_env,
-    free_port,
     one_thread,
     read_metrics,
+    run_ddp,
     run_paths,
     start_run,
     train_and_exit,
@@ -425,10 +424,7 @@ def test_sigterm_checkpoints_exits_143_and_resumes_identically(tmp_path, referen
 
 
 def test_two_process_ddp_matches_one_process(tmp_path, reference):
-    port = free_port()
-    procs = [start_run(SCRIPT, tmp_path, env=ddp_env(r, 2, port)) for r in range(2)]
-    outputs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
+    run_ddp(SCRIPT, tmp_path, timeout=120)
     mine, ref = _weights(tmp_path / "model.pt"), _weights(reference / "model.pt")
     assert mine.keys() == ref.keys()
     for key in ref:
@@ -437,6 +433,66 @@ def test_two_process_ddp_matches_one_process(tmp_path, reference):
     assert [r["iter"] for r in lines] == [5, 10, 15, 20, 25, 30]
     for a, b in zip(lines, read_metrics(reference)):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+
+
+def _bn_batch() -> torch.Tensor:
+    """[4, 3, 5, 6] input whose two halves have different statistics (one per process)."""
+    x = torch.randn(4, 3, 5, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    x[2:] = 3.0 * x[2:] + 1.5
+    return x.float()
+
+
+def _bn_net() -> nn.Module:
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    with torch.no_grad():
+        net[1].weight.uniform_(0.5, 1.5)
+        net[1].bias.uniform_(-0.5, 0.5)
+    return net
+
+
+def _bn_step(net: nn.Module, x: torch.Tensor, rows: slice = slice(None)) -> dict[str, torch.Tensor]:
+    """Forward (training mode) of ``x`` (the batch's ``rows``), backward of a fixed linear
+    loss; returns output, gradients and buffers."""
+    x = x.clone().requires_grad_(True)
+    out = net(x)
+    weights = torch.linspace(-1.0, 2.0, 4 * 2 * 5 * 6).view(4, 2, 5, 6)[rows]
+    (out * weights).sum().backward()
+    state = {f"grad.{k}": p.grad for k, p in net.named_parameters()}
+    state.update({k: v.clone() for k, v in net.state_dict().items()})
+    return {"out": out.detach(), "x_grad": x.grad, **state}
+
+
+def _sync_bn_worker(rank: int, world: int, store: str, folder: str) -> None:
+    from vocabseg.engine.distributed import sync_batchnorm
+
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        net = sync_batchnorm(_bn_net())
+        assert type(net[1]) is not nn.BatchNorm2d and list(net.state_dict()) == list(_bn_net().state_dict())
+        rows = slice(rank * 4 // world, (rank + 1) * 4 // world)
+        torch.save(_bn_step(net, _bn_batch()[rows], rows), Path(folder) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_sync_batchnorm_on_two_gloo_processes_equals_batchnorm_on_the_whole_batch(tmp_path):
+    """PyTorch's SyncBatchNorm refuses CPU tensors; the Gloo variant must give BatchNorm's
+    output, input and parameter gradients and running statistics of the global batch
+    (gradients of the parameters summed over processes: DDP averages those of a loss
+    that each process computes on its share)."""
+    torch.multiprocessing.spawn(_sync_bn_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    whole = _bn_step(_bn_net(), _bn_batch())
+    torch.testing.assert_close(torch.cat([r["out"] for r in ranks]), whole["out"], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(torch.cat([r["x_grad"] for r in ranks]), whole["x_grad"], atol=1e-6, rtol=1e-5)
+    for key in whole:
+        if key.startswith("grad."):
+            torch.testing.assert_close(ranks[0][key] + ranks[1][key], whole[key], atol=1e-5, rtol=1e-5, msg=key)
+        elif key not in ("out", "x_grad"):
+            for r in ranks:
+                torch.testing.assert_close(r[key], whole[key], atol=1e-6, rtol=1e-5, msg=key)
 
 
 # -- optional task hooks, Adam, one-cycle ----------------------------------------------

@@ -1,8 +1,9 @@
 """Helpers of the tests that compare interrupted or distributed training runs.
 
-``tests/test_trainer.py`` (a toy net) and ``tests/test_fcclip_training.py`` (tiny
-FC-CLIP) both run training in subprocesses (each test file executed as a script with
-``--dir FOLDER``), kill, preempt or distribute them, and compare the result with an
+``tests/test_trainer.py`` (a toy net), ``tests/test_fcclip_training.py`` (tiny
+FC-CLIP) and ``tests/test_contmav_training.py`` (tiny ContMAV) run training in
+subprocesses (each test file executed as a script with ``--dir FOLDER``), kill,
+preempt or distribute them, and compare the result with an
 uninterrupted in-process run of the same configuration in the layout of
 :func:`run_paths`.
 
@@ -34,10 +35,12 @@ __all__ = [
     "one_thread",
     "read_metrics",
     "assert_bitwise_equal",
+    "assert_ddp_matches",
     "start_run",
     "wait_for",
     "free_port",
     "ddp_env",
+    "run_ddp",
     "train_and_exit",
 ]
 
@@ -72,6 +75,30 @@ def assert_bitwise_equal(mine: dict[str, torch.Tensor], ref: dict[str, torch.Ten
     assert mine.keys() == ref.keys()
     differing = [k for k in ref if not torch.equal(mine[k], ref[k])]
     assert not differing, f"{len(differing)} tensors differ, e.g. {differing[:3]}"
+
+
+def assert_ddp_matches(folder: Path, reference: Path, tol: float, log_iters: list[int]) -> None:
+    """The run in ``folder`` (several processes) ended where the one-process run in
+    ``reference`` did, up to float rounding.
+
+    Every tensor of the exported ``"model"`` state satisfies ``|a - b| <= tol * (1 + |b|)``
+    (the largest difference is printed), and the metrics logs have lines at
+    ``log_iters`` whose values (not the timing) agree to ``rel=1e-5, abs=1e-6``.
+    """
+    mine = torch.load(folder / "model.pt", weights_only=True)["model"]
+    ref = torch.load(reference / "model.pt", weights_only=True)["model"]
+    assert mine.keys() == ref.keys()
+    diff = max((mine[k].double() - ref[k].double()).abs().max().item() for k in ref if ref[k].numel())
+    print(f"max abs weight difference DDP vs one process: {diff:.3g}")
+    for key in ref:
+        torch.testing.assert_close(mine[key], ref[key], atol=tol, rtol=tol, msg=lambda m: f"{key}: {m}")
+    lines = read_metrics(folder)
+    assert [r["iter"] for r in lines] == log_iters
+    for a, b in zip(lines, read_metrics(reference)):
+        assert a.keys() == b.keys()
+        for key in a:
+            if key != "sec_per_iter":
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
 
 
 def start_run(script: Path, folder: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
@@ -113,6 +140,15 @@ def ddp_env(rank: int, world_size: int, port: int) -> dict[str, str]:
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(port),
     }
+
+
+def run_ddp(script: Path, folder: Path, *args: str, world_size: int = 2, timeout: float = 180.0) -> None:
+    """Run :func:`start_run` ``(script, folder, *args)`` as ``world_size`` processes of one
+    gloo group and wait for them; fail the test unless every one exits 0."""
+    port = free_port()
+    procs = [start_run(script, folder, *args, env=ddp_env(r, world_size, port)) for r in range(world_size)]
+    outputs = [p.communicate(timeout=timeout) for p in procs]
+    assert [p.returncode for p in procs] == [0] * world_size, outputs
 
 
 def train_and_exit(task, dataset, cfg: TrainConfig, folder: Path) -> NoReturn:

@@ -60,7 +60,10 @@ Why not LwF or CoMFormer as they are.
   FTZS approach (:mod:`vocabseg.approaches.pseudolabel`) so that the comparison keeps
   the two mechanisms apart.
 
-Normalisation is per process (|S| of the local batch), like the criterion's CE term.
+Under DDP |S| is the size of S over the *global* batch: each process divides its own
+sum by ``global_normaliser(|S_local|)`` (:mod:`vocabseg.engine.distributed`), as the
+criterion divides by its global counts, so the KD gradient does not depend on the
+number of processes.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vocabseg.engine.distributed import global_normaliser
 from vocabseg.errors import InputError
 from vocabseg.losses import build_criterion
 from vocabseg.models.fcclip import FCCLIP, TextClassifier, save_fcclip_checkpoint
@@ -107,9 +111,12 @@ def select_out_queries(teacher_logits: Tensor, out_idx: Tensor | Sequence[int]) 
     return torch.isin(pred, out_idx)
 
 
-def _mean_over_selected(values: Tensor, count: int) -> Tensor:
-    """Sum of the per-query values [N] of the N selected queries over max(N, 1)."""
-    return values.sum() / max(count, 1)
+def _mean_over_selected(values: Tensor) -> Tensor:
+    """Sum of the per-query values [N] of this process's selected queries, divided by
+    the global |S| (:func:`~vocabseg.engine.distributed.global_normaliser`; a
+    collective); 0 when S is empty on every process."""
+    norm = global_normaliser(values.numel())
+    return values.sum() / (norm if norm > 0 else 1.0)
 
 
 def kd_class_loss(student_logits: Tensor, teacher_logits: Tensor, selected: Tensor) -> Tensor:
@@ -126,7 +133,7 @@ def kd_class_loss(student_logits: Tensor, teacher_logits: Tensor, selected: Tens
     log_s = student_logits[selected].float().log_softmax(dim=-1)  # [N, K+1]
     log_t = teacher_logits.detach()[selected].float().log_softmax(dim=-1)
     kl = (log_t.exp() * (log_t - log_s)).sum(dim=-1)  # [N]
-    return _mean_over_selected(kl, int(selected.sum()))
+    return _mean_over_selected(kl)
 
 
 def kd_mask_loss(student_masks: Tensor, teacher_masks: Tensor, selected: Tensor) -> Tensor:
@@ -147,7 +154,7 @@ def kd_mask_loss(student_masks: Tensor, teacher_masks: Tensor, selected: Tensor)
     m_t = teacher_masks.detach()[selected].float().flatten(1)
     t = m_t.sigmoid()
     bkl = t * (F.logsigmoid(m_t) - F.logsigmoid(m_s)) + (1.0 - t) * (F.logsigmoid(-m_t) - F.logsigmoid(-m_s))
-    return _mean_over_selected(bkl.mean(dim=1), int(selected.sum()))
+    return _mean_over_selected(bkl.mean(dim=1))
 
 
 def _device_of(module: nn.Module) -> torch.device:

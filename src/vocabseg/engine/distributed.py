@@ -6,14 +6,27 @@
 on CPU. Without those variables (or with ``WORLD_SIZE`` 1) nothing is initialised
 and every helper behaves as for a single process: rank 0 of a world of size 1,
 barriers and reductions are no-ops.
+
+Losses that do not depend on the number of processes. DDP averages the gradients of
+the W processes. A loss that is a mean over items of the global batch (masks, pixels,
+selected queries, ...) is therefore written on process p as
+``sum over p's items / global_normaliser(p's item count)``: the normaliser is the
+global count divided by W, so the averaged gradient is that of
+``sum over all items / global count``, exactly the loss of one process holding the
+whole global batch. :func:`global_normaliser` is a collective: every process must call
+it, in the same order, whether or not it holds any item. Batch statistics are shared
+the same way: :func:`sync_batchnorm` converts BatchNorm layers before DDP wraps the
+model.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from vocabseg.errors import InputError
 
@@ -28,6 +41,8 @@ __all__ = [
     "barrier",
     "any_true",
     "all_mean",
+    "global_normaliser",
+    "sync_batchnorm",
     "broadcast_int",
     "cleanup",
 ]
@@ -125,6 +140,98 @@ def all_mean(values: torch.Tensor) -> torch.Tensor:
     t = values.detach().to(_collective_device(), torch.float64).clone()
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return (t / dist.get_world_size()).to(values.device, values.dtype)
+
+
+def global_normaliser(local_count: float | torch.Tensor) -> float:
+    """``local_count`` summed over processes, divided by their number (itself without DDP).
+
+    The denominator of a per-process loss ``local_sum / global_normaliser(local_count)``
+    whose DDP gradient equals the one-process gradient of the global mean (see the
+    module docstring). A collective: call it on every process. Returns 0.0 when no
+    process has an item; the caller decides what an empty mean is.
+    """
+    value = torch.as_tensor(local_count).detach().to(torch.float64).reshape(1)
+    return float(all_mean(value).item())
+
+
+class _SumOverProcesses(torch.autograd.Function):
+    """Differentiable all-reduce (sum): the gradient is summed over processes too."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return _SumOverProcesses.apply(grad)
+
+
+class _GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose batch statistics span all processes, for CPU tensors (Gloo).
+
+    PyTorch's SyncBatchNorm refuses CPU input, and DDP refuses a CPU model that holds
+    one, hence this separate class. In training mode under a process group it computes
+    the per-channel sum, sum of squares and count of its input, sums them over
+    processes with a differentiable all-reduce (whose backward sums the gradients over
+    processes, as SyncBatchNorm's backward does) and normalises with the global mean
+    and biased variance; the running statistics are updated with the global mean and
+    unbiased variance. The statistics are formed in float64. Otherwise (eval mode, no
+    group) it is plain BatchNorm.
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(input)
+        self._check_input_dim(input)
+        channels = input.shape[1]
+        dims = [0, *range(2, input.dim())]
+        x = input.to(torch.float64)
+        count = x.new_tensor([input.numel() / channels])
+        stats = _SumOverProcesses.apply(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        n = stats[-1]
+        mean = stats[:channels] / n
+        var = (stats[channels:-1] / n - mean * mean).clamp_min(0.0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * n / (n - 1).clamp_min(1.0)
+                self.running_mean.mul_(1.0 - factor).add_(factor * mean.to(self.running_mean.dtype))
+                self.running_var.mul_(1.0 - factor).add_(factor * unbiased.to(self.running_var.dtype))
+        shape = [1, channels] + [1] * (input.dim() - 2)
+        scale = torch.rsqrt(var + self.eps).to(input.dtype).view(shape)
+        out = (input - mean.to(input.dtype).view(shape)) * scale
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out
+
+
+def sync_batchnorm(model: nn.Module) -> nn.Module:
+    """``model`` with every ``BatchNorm*d`` layer computing its batch statistics over all processes.
+
+    Call it before wrapping the model in DDP. Under a process group of more than one
+    process the layers become :class:`torch.nn.SyncBatchNorm` on CUDA and the
+    equivalent :class:`_GlooSyncBatchNorm` on the CPU (the layers change class in
+    place); parameters and buffers are kept (same tensors, same state-dict keys).
+    Without such a group the model is returned unchanged.
+    Layers in eval mode (e.g. a frozen backbone's) keep using their running statistics.
+    """
+    if world_size() <= 1:
+        return model
+    if device().type != "cpu":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if isinstance(model, nn.modules.batchnorm._BatchNorm):
+        raise TypeError("sync_batchnorm: pass the model that holds the BatchNorm layers, not a layer")
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
+            module.__class__ = _GlooSyncBatchNorm
+    return model
 
 
 def broadcast_int(value: int, src: int = 0) -> int:

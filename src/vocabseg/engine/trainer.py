@@ -34,7 +34,11 @@ Mask2Former's Cityscapes recipe does it:
   full_model``), ``clip_grad`` 0 disables it.
 * **AMP.** ``torch.autocast`` (float16) with a ``GradScaler``, only on CUDA.
 * **DDP.** Under ``torchrun`` (see :mod:`vocabseg.engine.distributed`) the model is
-  wrapped in ``DistributedDataParallel``; gradients are averaged over processes.
+  wrapped in ``DistributedDataParallel``; gradients are averaged over processes. Its
+  BatchNorm layers (ContMAV's) first become synchronised ones
+  (:func:`~vocabseg.engine.distributed.sync_batchnorm`), and every task's losses
+  normalise by global counts (:func:`~vocabseg.engine.distributed.global_normaliser`),
+  so a run depends on the number of processes only through float rounding.
 
 Data order. ``cfg.batch_size`` is the *global* batch. Samples are drawn as an endless
 stream of seeded per-epoch permutations of the dataset; iteration ``i`` takes the
@@ -136,6 +140,7 @@ from vocabseg.engine.distributed import (
     init_distributed,
     is_main,
     rank,
+    sync_batchnorm,
     world_size,
 )
 from vocabseg.errors import InputError
@@ -640,7 +645,7 @@ class _Trainer:
         if cfg.amp == "on" and self.device.type != "cuda":
             raise InputError("training config key amp: 'on' needs a CUDA device; use 'auto' or 'off'")
         self.use_amp = cfg.amp == "on" or (cfg.amp == "auto" and self.device.type == "cuda")
-        self.model = task.model.to(self.device)
+        self.model = sync_batchnorm(task.model.to(self.device))
         groups = param_groups(self.model, cfg)
         if not groups:
             raise InputError("the model has no trainable parameters")

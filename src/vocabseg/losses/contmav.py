@@ -22,6 +22,13 @@ Variants (seed 003): :func:`focal_loss`, :func:`dice_loss` (focal + dice replace
 CE term), :func:`known_unknown_infonce` between known and unknown crop embeddings,
 and SynCo-style synthetic hard negatives (:func:`synthesize_hard_negatives`).
 
+Under DDP every mean above (over pixels, (image, class) pairs or images) is the mean
+over the global batch: each process divides its own sum by the global count
+(:func:`~vocabseg.engine.distributed.global_normaliser`, a collective that every
+process reaches whatever its shard holds), so training does not depend on the number
+of processes. :func:`known_unknown_infonce` is the exception: its anchors and
+negatives are the crops of one process's shard.
+
 Deliberate differences from the public ContMAV code (see the reference notes):
 per-class means are formed per class, never by reshaping a (D, N) tensor with
 ``view``; the feature loss divides by the standard deviation, not the variance;
@@ -40,6 +47,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vocabseg.engine.distributed import global_normaliser
 from vocabseg.errors import InputError
 from vocabseg.models.contmav.config import choice, convert_fields, parse_bool, to_float, to_int
 
@@ -89,6 +97,20 @@ def _check_pair(pred: Tensor, labels: Tensor, what: str) -> None:
 def _zero(like: Tensor) -> Tensor:
     """A 0 that stays connected to the graph of ``like`` (for empty selections)."""
     return like.sum() * 0.0
+
+
+def _global_mean(total: Tensor, local_count: float | Tensor, like: Tensor) -> Tensor:
+    """``total`` (this process's sum over its items) divided by the global item count.
+
+    The count is :func:`~vocabseg.engine.distributed.global_normaliser` of
+    ``local_count`` (a collective: every process calls it, with or without items), so
+    under DDP the averaged gradient is that of the mean over the global batch. 0,
+    attached to the graph of ``like``, when no process has an item.
+    """
+    norm = global_normaliser(local_count)
+    if norm <= 0:
+        return _zero(like)
+    return total / norm
 
 
 # ---------------------------------------------------------------------- class weights
@@ -148,15 +170,16 @@ def weighted_cross_entropy(logits: Tensor, labels: Tensor, class_weights: Tensor
     ``w = 1`` without ``class_weights``. This is PyTorch's weighted ``mean`` reduction
     and the public code's normalisation (the paper writes ``1 / |Omega|``; with
     median-frequency weights the weighted mean keeps the loss scale independent of
-    the class mix). ``logits`` [B, K, H, W], ``labels`` [B, H, W]; 0 if no pixel is known.
+    the class mix); under DDP both sums run over the global batch (the denominator
+    all-reduced). ``logits`` [B, K, H, W], ``labels`` [B, H, W]; 0 if no pixel is known.
     """
     _check_pair(logits, labels, "weighted_cross_entropy")
     known = _known_mask(labels, logits.shape[1])
-    if not known.any():
-        return _zero(logits)
     targets = torch.where(known, labels, torch.full_like(labels, -100))
     weight = None if class_weights is None else class_weights.to(logits.device, logits.dtype)
-    return F.cross_entropy(logits, targets, weight=weight, ignore_index=-100)
+    nll = F.cross_entropy(logits, targets, weight=weight, ignore_index=-100, reduction="sum")
+    pixel_weights = known.sum() if weight is None else weight[labels[known]].sum()
+    return _global_mean(nll, pixel_weights, logits)
 
 
 def focal_loss(logits: Tensor, labels: Tensor, alpha: Tensor | None = None, gamma: float = 2.0) -> Tensor:
@@ -165,19 +188,18 @@ def focal_loss(logits: Tensor, labels: Tensor, alpha: Tensor | None = None, gamm
     ``FL = (1 / |V|) sum_{p in V} -alpha_{y_p} (1 - p_t)^gamma log p_t`` with
     ``p_t = softmax(f_p)_{y_p}``, V the pixels with a known label, ``alpha`` [K] the
     class weights (e.g. median frequency; 1 if None). ``gamma = 0`` and
-    ``alpha = None`` give the unweighted CE mean. 0 if V is empty.
+    ``alpha = None`` give the unweighted CE mean. 0 if V is empty. Under DDP, V is
+    the known pixels of the global batch.
     """
     _check_pair(logits, labels, "focal_loss")
     known = _known_mask(labels, logits.shape[1])
-    if not known.any():
-        return _zero(logits)
     log_probs = F.log_softmax(logits, dim=1).permute(0, 2, 3, 1)[known]  # [N, K]
     target = labels[known]
     log_pt = log_probs.gather(1, target[:, None]).squeeze(1)
     loss = -((1.0 - log_pt.exp()) ** gamma) * log_pt
     if alpha is not None:
         loss = loss * alpha.to(logits.device, logits.dtype)[target]
-    return loss.mean()
+    return _global_mean(loss.sum(), known.sum(), logits)
 
 
 def dice_loss(logits: Tensor, labels: Tensor, smooth: float = 1.0, exponent: int = 2) -> Tensor:
@@ -188,7 +210,8 @@ def dice_loss(logits: Tensor, labels: Tensor, smooth: float = 1.0, exponent: int
 
         D_bc = 1 - (2 sum_p p g + s) / (sum_p p^e + sum_p g^e + s)
 
-    and ``L = mean_{b, c} D_bc`` (s = ``smooth`` 1, e = ``exponent`` 2 as TruFor).
+    and ``L = mean_{b, c} D_bc`` (s = ``smooth`` 1, e = ``exponent`` 2 as TruFor), the
+    mean over the images of the global batch under DDP.
     """
     _check_pair(logits, labels, "dice_loss")
     num_classes = logits.shape[1]
@@ -198,7 +221,8 @@ def dice_loss(logits: Tensor, labels: Tensor, smooth: float = 1.0, exponent: int
     onehot = onehot * known[:, None].to(logits.dtype)
     inter = (probs * onehot).sum(dim=(2, 3))
     denom = (probs**exponent).sum(dim=(2, 3)) + (onehot**exponent).sum(dim=(2, 3))
-    return (1.0 - (2.0 * inter + smooth) / (denom + smooth)).mean()
+    per_image_class = 1.0 - (2.0 * inter + smooth) / (denom + smooth)  # [B, K]
+    return _global_mean(per_image_class.sum(), per_image_class.numel(), logits)
 
 
 # ---------------------------------------------------------------------- MAVs
@@ -345,6 +369,7 @@ def mav_feature_loss(features: Tensor, labels: Tensor, mavs: MAVs, eps: float = 
     Omega all pixels whose ground-truth class is known and ``valid`` in ``mavs``
     (all GT pixels, not only true positives). The squared term is the Mahalanobis
     distance of the Gaussian unknown score (Eq. 11). 0 if Omega is empty (epoch 0).
+    Under DDP, Omega spans the global batch.
 
     ``features`` [B, K, H, W] semantic logits, ``labels`` [B, H, W].
     """
@@ -352,13 +377,12 @@ def mav_feature_loss(features: Tensor, labels: Tensor, mavs: MAVs, eps: float = 
     valid = mavs.valid.to(features.device)
     known = _known_mask(labels, valid.numel())
     mask = known & valid[labels.clamp(0, valid.numel() - 1)]
-    if not mask.any():
-        return _zero(features)
     f = features.permute(0, 2, 3, 1)[mask]  # [N, D]
     cls = labels[mask]
     mu = mavs.means.to(features.device, features.dtype)[cls]
     sigma = mavs.stds(eps).to(features.device, features.dtype)[cls]
-    return torch.linalg.vector_norm((f - mu) / sigma, dim=1).mean()
+    distances = torch.linalg.vector_norm((f - mu) / sigma, dim=1)  # [N]
+    return _global_mean(distances.sum(), distances.numel(), features)
 
 
 def class_mean_features(features: Tensor, labels: Tensor, normalize: bool = True) -> tuple[Tensor, Tensor, Tensor]:
@@ -402,8 +426,8 @@ def mav_contrastive_loss(features: Tensor, labels: Tensor, mavs: MAVs, tau: floa
 
         L = mean_{(b,k)} -log( exp(fbar_{b,k} . mubar_k / tau) / sum_{i in V} exp(fbar_{b,k} . mubar_i / tau) )
 
-    i.e. cross-entropy of the logits ``fbar @ mubar^T / tau`` with target k. 0 if no
-    pair exists (epoch 0).
+    i.e. cross-entropy of the logits ``fbar @ mubar^T / tau`` with target k, the mean
+    over the pairs of the global batch under DDP. 0 if no pair exists (epoch 0).
     """
     _check_pair(features, labels, "mav_contrastive_loss")
     valid = mavs.valid.to(features.device)
@@ -411,15 +435,14 @@ def mav_contrastive_loss(features: Tensor, labels: Tensor, mavs: MAVs, tau: floa
         return _zero(features)
     means, classes, _ = class_mean_features(features, labels, normalize=True)
     keep = valid[classes]
-    if not keep.any():
-        return _zero(features)
     anchors, classes = means[keep], classes[keep]
     valid_ids = torch.nonzero(valid).squeeze(1)
     keys = F.normalize(mavs.means.to(features.device, features.dtype)[valid_ids], dim=1)  # [V, D]
     position = torch.full((valid.numel(),), -1, dtype=torch.long, device=features.device)
     position[valid_ids] = torch.arange(valid_ids.numel(), device=features.device)
     logits = anchors @ keys.t() / tau
-    return F.cross_entropy(logits, position[classes])
+    total = F.cross_entropy(logits, position[classes], reduction="sum")
+    return _global_mean(total, classes.numel(), features)
 
 
 def objectosphere_loss(
@@ -437,18 +460,16 @@ def objectosphere_loss(
     ``unknown_index`` (void at training time); other labels are ignored. Each term is
     averaged over its own pixels (void is rare; one pooled mean would drown it) and
     is 0 when it has none. ``unknown_weight`` is 1 (the public code's 10 is not in
-    the paper). ``features`` [B, K, H, W], ``labels`` [B, H, W].
+    the paper). Under DDP both pixel sets span the global batch.
+    ``features`` [B, K, H, W], ``labels`` [B, H, W].
     """
     _check_pair(features, labels, "objectosphere_loss")
     sq_norm = (features * features).sum(dim=1)  # [B, H, W]
     known = _known_mask(labels, features.shape[1])
     unknown = labels == unknown_index
-    loss = _zero(features)
-    if known.any():
-        loss = loss + F.relu(xi - sq_norm[known]).mean()
-    if unknown.any():
-        loss = loss + unknown_weight * sq_norm[unknown].mean()
-    return loss
+    known_term = _global_mean(F.relu(xi - sq_norm[known]).sum(), known.sum(), features)
+    unknown_term = _global_mean(sq_norm[unknown].sum(), unknown.sum(), features)
+    return known_term + unknown_weight * unknown_term
 
 
 # ---------------------------------------------------------------------- criterion

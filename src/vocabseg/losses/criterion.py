@@ -24,9 +24,10 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from vocabseg.engine.distributed import global_normaliser
 
 from .matcher import HungarianMatcher
 from .point_sampling import (
@@ -160,28 +161,13 @@ class SetCriterion(nn.Module):
         kept = target_classes != IGNORE_INDEX
         weight = self.empty_weight.to(logits.dtype)[target_classes.clamp(min=0)] * kept
         total = (weight * nll).sum()
-        norm = self._global_mean(weight.sum().detach())
+        # Weighted mean over the global batch: upstream's F.cross_entropy(weight=...) mean
+        # with one process; upstream divides by the local weight sum, which under DDP
+        # differs whenever shards leave different numbers of queries unmatched.
+        norm = global_normaliser(weight.sum())
         if norm <= 0:
             return {"loss_ce": logits.sum() * 0.0}  # every query ignored: zero, graph kept
         return {"loss_ce": total / norm}
-
-    @staticmethod
-    def _global_mean(value: Tensor) -> float:
-        """``value`` summed over processes divided by the world size (itself without DDP).
-
-        The weighted-mean CE divides by this sum of class weights: with one process it
-        is upstream's ``F.cross_entropy(weight=...)`` mean; with W processes each
-        divides its own weighted sum by the global weight sum / W, so DDP's gradient
-        average equals the single-process gradient of the whole global batch (see
-        :meth:`num_masks`). Upstream divides by the local sum, which differs whenever
-        shards leave different numbers of queries unmatched.
-        """
-        total = value.detach().to(torch.float64).reshape(1)
-        world = 1
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(total)
-            world = dist.get_world_size()
-        return total.item() / world
 
     @staticmethod
     def _ignore_unmatched(target_classes: Tensor, targets: Sequence[dict[str, Any]],
@@ -252,16 +238,11 @@ class SetCriterion(nn.Module):
         Dividing by the local count instead would weight a mask by how crowded its
         shard is. (Matching and sampling are per image and seeded per sample, so they
         are shard-independent too; the CE term's weight sum is all-reduced the same
-        way, see :meth:`_global_mean`.) The minimum of 1 only matters for (nearly)
-        empty global batches.
+        way: :func:`~vocabseg.engine.distributed.global_normaliser`.) The minimum of 1
+        only matters for (nearly) empty global batches.
         """
         count = sum(int(t["labels"].numel()) for t in targets)
-        total = torch.tensor([float(count)], dtype=torch.float64, device=device)
-        world = 1
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(total)
-            world = dist.get_world_size()
-        return max(total.item() / world, 1.0)
+        return max(global_normaliser(count), 1.0)
 
     def get_loss(self, name: str, outputs: Mapping[str, Any], targets: Sequence[dict[str, Any]],
                  indices: Indices, num_masks: float, layer: int = 0) -> dict[str, Tensor]:
