@@ -99,7 +99,7 @@ def cmd_pretrain_clip(a: argparse.Namespace) -> None:
 
 @_command
 def cmd_text_embeddings(a: argparse.Namespace) -> None:
-    from vocabseg.approaches.fcclip_setup import ModelSpec, build_backbone, class_names, text_classifier_for, vocab_ids
+    from vocabseg.approaches.study_model import ModelSpec, build_backbone, class_names, text_classifier_for, vocab_ids
     from vocabseg.models.fcclip import save_text_classifier
 
     ids = vocab_ids(read_json(a.split) if a.split else None)
@@ -115,7 +115,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
     import torch
 
     from vocabseg.approaches.combined import build_combined
-    from vocabseg.approaches.fcclip_setup import ModelSpec, build_model, vocab_ids
+    from vocabseg.approaches.study_model import ModelSpec, build_model, vocab_ids
     from vocabseg.approaches.predict import image_list, predict_panoptic
     from vocabseg.models.fcclip import load_text_classifier
 
@@ -172,7 +172,7 @@ def cmd_intersect(a: argparse.Namespace) -> None:
 
 @_command
 def cmd_wiseft(a: argparse.Namespace) -> None:
-    from vocabseg.approaches.fcclip_setup import ModelSpec
+    from vocabseg.approaches.study_model import ModelSpec
     from vocabseg.approaches.wiseft import wiseft_checkpoint
 
     report = wiseft_checkpoint(a.zeroshot, a.finetuned, a.alpha, a.out, spec=ModelSpec.from_json(a.model))
@@ -244,7 +244,7 @@ def cmd_panels(a: argparse.Namespace) -> None:
 
 def _known_ids(a: argparse.Namespace) -> list[int]:
     """The known train ids of ``--known`` or the complement of ``--unknown``."""
-    from vocabseg.approaches.contmav_train import known_from_unknown
+    from vocabseg.openworld.train import known_from_unknown
 
     if (a.known is None) == (a.unknown is None):
         raise InputError("give exactly one of --known and --unknown (train ids)")
@@ -263,7 +263,7 @@ def _json_arg(text: str, flag: str) -> dict:
 
 @_command
 def cmd_contmav_weights(a: argparse.Namespace) -> None:
-    from vocabseg.approaches.contmav_train import write_class_weights
+    from vocabseg.openworld.train import write_class_weights
 
     stats = write_class_weights(a.image_root, a.label_root, _known_ids(a), a.out)
     weights = ", ".join(f"{w:.3g}" for w in stats["weights"])
@@ -274,7 +274,7 @@ def cmd_contmav_weights(a: argparse.Namespace) -> None:
 def cmd_contmav_train(a: argparse.Namespace) -> None:
     import torch
 
-    from vocabseg.approaches.contmav_train import train_contmav
+    from vocabseg.openworld.train import train_contmav
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -296,7 +296,7 @@ def cmd_contmav_train(a: argparse.Namespace) -> None:
 def cmd_contmav_eval(a: argparse.Namespace) -> None:
     import torch
 
-    from vocabseg.approaches.contmav_eval import evaluate_contmav
+    from vocabseg.openworld.evaluate import evaluate_contmav
 
     if a.threads:
         torch.set_num_threads(a.threads)
