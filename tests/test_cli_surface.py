@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from vocabseg.cli import build_parser
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cli_surface.json"
@@ -79,6 +81,15 @@ def test_every_subcommand_has_a_runner():
     from vocabseg.cli import _COMMANDS
 
     assert sorted(_COMMANDS) == sorted(json.loads(FIXTURE.read_text())["order"])
+
+
+def test_a_name_cannot_be_registered_twice():
+    from vocabseg.cli import _COMMANDS, subcommand
+
+    before = dict(_COMMANDS)
+    with pytest.raises(ValueError, match="'synth' registered twice"):
+        subcommand("synth", lambda p: None, help="another synth")(lambda a: None)
+    assert _COMMANDS == before
 
 
 if __name__ == "__main__":
