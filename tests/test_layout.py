@@ -13,8 +13,16 @@ import vocabseg
 
 ROOT = Path(vocabseg.__file__).parent
 
-#: the FC-CLIP family (seed 000): its network, the approaches, Mask2Former losses, training entry
-FCCLIP_FAMILY = ("vocabseg.models", "vocabseg.approaches", "vocabseg.losses", "vocabseg.pretrain", "vocabseg.train")
+#: the FC-CLIP family (seed 000): its network, the approaches, Mask2Former losses, its
+#: panoptic training dataset, the training entry
+FCCLIP_FAMILY = (
+    "vocabseg.models",
+    "vocabseg.approaches",
+    "vocabseg.losses",
+    "vocabseg.pretrain",
+    "vocabseg.data.panoptic_dataset",
+    "vocabseg.train",
+)
 #: the open-world family (seed 003, ContMAV)
 OPENWORLD_FAMILY = ("vocabseg.openworld",)
 
