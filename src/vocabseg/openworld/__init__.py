@@ -1,8 +1,9 @@
 """Open-world semantic segmentation (seed 003): ContMAV and its variants, in one place.
 
 Everything of this family lives here, and nothing here imports the FC-CLIP family
-(``vocabseg.models``, ``vocabseg.approaches``, ``vocabseg.losses``, ``vocabseg.train``)
-nor the reverse (``tests/test_layout.py`` checks it). The step order of a study::
+(``vocabseg.models``, ``vocabseg.approaches``, ``vocabseg.losses``, ``vocabseg.pretrain``,
+``vocabseg.data.panoptic_dataset``, ``vocabseg.train``) nor the reverse
+(``tests/test_layout.py`` checks it). The step order of a study::
 
     dataset.py     Cityscapes-layout train-id labels, known/unknown label spaces, augmentation
     model/         the network: ResNet34 NonBottleneck-1D encoder, decoders, TruFor-style head
