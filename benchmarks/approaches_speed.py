@@ -89,7 +89,7 @@ def vocabulary() -> dict:
     """Class ids (test vocabulary, classifier order), in/out ids of ``VOCAB``, seen and thing masks."""
     import torch
 
-    from vocabseg.approaches.fcclip_setup import vocab_ids
+    from vocabseg.approaches.study_model import vocab_ids
     from vocabseg.data.labels import ID_TO_LABEL
     from vocabseg.data.vocab import make_split
 

@@ -85,7 +85,7 @@ def peak_rss_mib() -> float:
 
 def build(preset: str):
     """FC-CLIP of ``preset`` with random weights everywhere; returns (model, build seconds)."""
-    from vocabseg.approaches.fcclip_setup import ModelSpec
+    from vocabseg.approaches.study_model import ModelSpec
     from vocabseg.models.fcclip import FCCLIP
 
     spec = ModelSpec(preset=preset, overrides={"clip_pretrained": None})
@@ -101,7 +101,7 @@ def random_text(dim: int, gen):
     import torch
     import torch.nn.functional as F
 
-    from vocabseg.approaches.fcclip_setup import class_names, vocab_ids
+    from vocabseg.approaches.study_model import class_names, vocab_ids
     from vocabseg.models.fcclip import TextClassifier
 
     names = class_names(vocab_ids(None))
@@ -146,7 +146,7 @@ def measure_inference(preset: str, images: int, height: int, width: int, seed: i
     """First-image time, mean of the next ``images``, peak RSS at each stage."""
     import torch
 
-    from vocabseg.approaches.fcclip_setup import vocab_ids
+    from vocabseg.approaches.study_model import vocab_ids
     from vocabseg.data.labels import ID_TO_LABEL
 
     gen = torch.Generator().manual_seed(seed)

@@ -244,7 +244,7 @@ def step_inference(args, cfg) -> dict:
     import torch
 
     from fcclip_speed import build, random_text
-    from vocabseg.approaches.fcclip_setup import vocab_ids
+    from vocabseg.approaches.study_model import vocab_ids
     from vocabseg.data.labels import ID_TO_LABEL
 
     dev = torch.device(args.device)
@@ -427,7 +427,7 @@ def step_finetune(args, cfg) -> dict:
 def step_contmav(args, cfg) -> dict:
     import torch
 
-    from vocabseg.approaches.contmav_eval import evaluate_contmav
+    from vocabseg.openworld.evaluate import evaluate_contmav
 
     work = args.out / "work"
     env = offline_env(args.device, args.threads)

@@ -298,7 +298,7 @@ def openworld_images(rng, n_images: int, k: int = 3, u: int = 2, shape=(12, 16))
 
 def test_openworld_resamples_equal_the_accumulator_on_the_resampled_image_list():
     from vocabseg.evaluation.bootstrap import OPENWORLD_METRICS
-    from vocabseg.evaluation.openworld import OpenWorldAccumulator
+    from vocabseg.openworld.metrics import OpenWorldAccumulator
 
     rng = np.random.default_rng(6)
     images = openworld_images(rng, 6)
@@ -318,7 +318,7 @@ def test_openworld_resamples_equal_the_accumulator_on_the_resampled_image_list()
 
 
 def test_openworld_stats_round_trip_and_enter_the_table(tmp_path):
-    from vocabseg.evaluation.openworld import OpenWorldAccumulator, OpenWorldImageStats, write_openworld_metrics
+    from vocabseg.openworld.metrics import OpenWorldAccumulator, OpenWorldImageStats, write_openworld_metrics
 
     rng = np.random.default_rng(1)
     images = openworld_images(rng, 12)

@@ -22,7 +22,7 @@ from vocabseg.approaches.combined import (
     lower_bound_targets,
     split_combined_checkpoint,
 )
-from vocabseg.approaches.fcclip_setup import ModelSpec
+from vocabseg.approaches.study_model import ModelSpec
 from vocabseg.approaches.fusion import fuse_outputs
 from vocabseg.approaches.predict import predict_panoptic
 from vocabseg.data.labels import EVAL_IDS

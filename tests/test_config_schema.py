@@ -3,7 +3,7 @@
 The ContMAV blocks of ``workflow/schemas/config.schema.yaml`` (``openworld.model``,
 ``openworld.loss`` and ``openworld.recipe``, and a variant's ``model`` / ``loss``)
 list their keys so that a typo stops before any job runs. The keys are defined once,
-by the dataclasses and the recipe of :mod:`vocabseg.approaches.contmav_train`; these
+by the dataclasses and the recipe of :mod:`vocabseg.openworld.train`; these
 tests keep the schema equal to them (names, value types, and every choice accepted),
 so neither side can drift.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vocabseg.approaches.contmav_train import (
+from vocabseg.openworld.train import (
     CONTMAV_RECIPE,
     ContMAVVariant,
     _recipe,
@@ -27,8 +27,8 @@ from vocabseg.approaches.contmav_train import (
 )
 from vocabseg.engine.trainer import TrainConfig
 from vocabseg.errors import InputError
-from vocabseg.losses.contmav import ContMAVLossConfig, SynCoConfig
-from vocabseg.models.contmav import ContMAVConfig, preset_config
+from vocabseg.openworld.losses import ContMAVLossConfig, SynCoConfig
+from vocabseg.openworld.model import ContMAVConfig, preset_config
 
 SCHEMA = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
 DEFS = SCHEMA["$defs"]

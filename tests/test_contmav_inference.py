@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vocabseg.approaches.contmav_inference import (
+from vocabseg.openworld.inference import (
     DELTA,
     ETA,
     VAR_EPS,
@@ -200,7 +200,7 @@ def test_stats_round_trip_as_plain_tensors(tmp_path):
 
 
 def test_stats_from_the_training_descriptors():
-    class Descriptors:  # the fields of vocabseg.losses.contmav.MAVs
+    class Descriptors:  # the fields of vocabseg.openworld.losses.MAVs
         means = torch.ones(2, 2, dtype=torch.float64)
         variances = torch.full((2, 2), 0.5)
         valid = torch.tensor([True, False])

@@ -1,4 +1,4 @@
-"""Tests of the ContMAV losses (vocabseg.losses.contmav): every loss against a hand
+"""Tests of the ContMAV losses (vocabseg.openworld.losses): every loss against a hand
 computation on tiny tensors, the per-epoch MAV accumulation, InfoNCE / SynCo, and one
 test per public-code bug that must not be reproduced (reference notes §2.3, §2.5,
 §10-§11): the ``.view`` instead of a transpose, dividing by the variance instead of
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vocabseg.errors import InputError
-from vocabseg.losses.contmav import (
+from vocabseg.openworld.losses import (
     ContMAVCriterion,
     ContMAVLossConfig,
     MAVAccumulator,
@@ -39,7 +39,7 @@ from vocabseg.losses.contmav import (
     synthesize_hard_negatives,
     weighted_cross_entropy,
 )
-from vocabseg.models.contmav import parse_bool
+from vocabseg.openworld.model import parse_bool
 
 LN2 = math.log(2.0)
 

@@ -1,4 +1,4 @@
-"""Tests of the ContMAV network (vocabseg.models.contmav): output and stage shapes,
+"""Tests of the ContMAV network (vocabseg.openworld.model): output and stage shapes,
 parameter counts against the reference notes' analytic count (§1.2), the
 NonBottleneck-1D block, learned upsampling, pyramid pooling, He init, ImageNet weight
 loading (torchvision and own layouts), the TruFor-style head and both fusions, and the
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torchvision.models import resnet34
 
 from vocabseg.errors import InputError
-from vocabseg.models.contmav import (
+from vocabseg.openworld.model import (
     AdaptivePyramidPooling,
     ContMAV,
     ContMAVConfig,

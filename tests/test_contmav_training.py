@@ -24,14 +24,14 @@ import pytest
 import torch
 from PIL import Image
 
-from vocabseg.approaches.contmav_eval import discover_classes_strided
-from vocabseg.approaches.contmav_inference import (
+from vocabseg.openworld.evaluate import discover_classes_strided
+from vocabseg.openworld.inference import (
     ClusterState,
     MavStats,
     contmav_scores,
     discover_classes,
 )
-from vocabseg.approaches.contmav_train import (
+from vocabseg.openworld.train import (
     ContMAVTask,
     ContMAVVariant,
     build_contmav_model,
@@ -43,7 +43,7 @@ from vocabseg.approaches.contmav_train import (
 )
 from vocabseg.cli import main as cli_main
 from vocabseg.data.prepare import prepare_dataset
-from vocabseg.data.semantic_dataset import UNKNOWN_CLASS, VOID, SemanticDataset, contmav_augment
+from vocabseg.openworld.dataset import UNKNOWN_CLASS, VOID, SemanticDataset, contmav_augment
 from vocabseg.data.synth import generate_city
 from vocabseg.data.transforms import color_jitter_hsv
 from vocabseg.engine import TrainConfig, train

@@ -18,7 +18,7 @@ from vocabseg.approaches.distill import (
     out_class_indices,
     select_out_queries,
 )
-from vocabseg.approaches.fcclip_setup import ModelSpec, build_model, vocab_ids
+from vocabseg.approaches.study_model import ModelSpec, build_model, vocab_ids
 from vocabseg.data.vocab import make_split
 from vocabseg.engine import TrainConfig, train
 from vocabseg.errors import InputError

@@ -15,7 +15,7 @@ import json
 
 import torch
 
-from vocabseg.approaches.fcclip_setup import ModelSpec, build_model, vocab_ids
+from vocabseg.approaches.study_model import ModelSpec, build_model, vocab_ids
 from vocabseg.approaches.finetune import FinetuneTask
 from vocabseg.approaches.predict import image_list, predict_panoptic
 from vocabseg.data.panoptic_dataset import PanopticTrainDataset

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vocabseg.approaches.fcclip_setup import (
+from vocabseg.approaches.study_model import (
     ModelSpec,
     build_model,
     class_names,

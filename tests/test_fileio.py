@@ -12,6 +12,7 @@ from vocabseg.fileio import (
     folder_digest,
     move_aside,
     read_json,
+    read_rgb,
     torch_load_checked,
     torch_save_atomic,
     write_json_atomic,
@@ -88,3 +89,19 @@ def test_move_aside_keeps_everything_and_takes_the_next_free_number(tmp_path):
     assert not (tmp_path / "ckpt").exists()
     assert [(tmp_path / f"ckpt.stale-{n}" / "ckpt_5.pt").read_text() for n in (1, 2)] == ["1", "2"]
     assert (tmp_path / "ckpt.stale-2" / "why.txt").read_text() == "run 2\n"
+
+
+def test_read_rgb_gives_three_channels_and_names_a_broken_file(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    rgb = read_rgb(tmp_path / "grey.png")
+    assert rgb.shape == (3, 4, 3) and rgb.dtype == np.uint8
+    assert (rgb == grey[..., None]).all()
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes((tmp_path / "grey.png").read_bytes()[:20])
+    with pytest.raises(InputError, match=r"broken\.png: unreadable image"):
+        read_rgb(broken)

@@ -16,8 +16,8 @@ import open_clip
 import pytest
 import torch
 
-from vocabseg.approaches import fcclip_setup
-from vocabseg.approaches.fcclip_setup import ModelSpec, build_backbone, build_model
+from vocabseg.approaches import study_model
+from vocabseg.approaches.study_model import ModelSpec, build_backbone, build_model
 from vocabseg.errors import InputError
 from vocabseg.models.clip_tiny import TINY_CLIP_NAME, register_tiny_clip
 from vocabseg.models.fcclip import clip_weights, preset_config
@@ -53,7 +53,7 @@ def never_build(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was built before the input was checked")
 
-    monkeypatch.setattr(fcclip_setup, "FCCLIP", refuse)
+    monkeypatch.setattr(study_model, "FCCLIP", refuse)
 
 
 def assert_one_line(message: str, *needles: str) -> None:

@@ -24,7 +24,7 @@ from file_server import serve_files
 from safetensors.torch import load_file
 from study_configs import TINY
 
-from vocabseg.approaches.fcclip_setup import ModelSpec
+from vocabseg.approaches.study_model import ModelSpec
 from vocabseg.errors import InputError
 from vocabseg.fetch import fetch_clip, fetch_url
 from vocabseg.models.clip_tiny import TINY_CLIP_NAME, register_tiny_clip
@@ -239,7 +239,7 @@ def test_jobs_without_network_run_on_the_fetched_files(tmp_path):
     assert all(torch.equal(fetched[k], clip_state[k]) for k in clip_state)
     assert (tmp_path / "resources/weights/tiny_base.pt").read_bytes() == files["/base.pt"]
     # the text classifier was computed from the fetched weights, not a random CLIP
-    from vocabseg.approaches.fcclip_setup import build_backbone, text_classifier_for, vocab_ids
+    from vocabseg.approaches.study_model import build_backbone, text_classifier_for, vocab_ids
     from vocabseg.models.fcclip import load_text_classifier
 
     spec = ModelSpec(preset="tiny", clip_pretrained=str(tmp_path / "resources/weights/clip/tiny-faketag.safetensors"))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from vocabseg.evaluation.openworld import (
+from vocabseg.openworld.metrics import (
     BinnedScores,
     ExactScores,
     OpenWorldAccumulator,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vocabseg.approaches.fcclip_setup import vocab_ids
+from vocabseg.approaches.study_model import vocab_ids
 from vocabseg.approaches.pseudolabel import build_pseudo_labels, pseudo_segments
 from vocabseg.data.labels import EVAL_IDS
 from vocabseg.data.panoptic_dataset import PanopticTrainDataset

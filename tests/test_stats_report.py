@@ -189,7 +189,7 @@ def _openworld_metrics(tmp_path, name, known_right, scores):
     """An open-world metrics file made by the real accumulator: 2 known classes, 1 unknown."""
     import numpy as np
 
-    from vocabseg.evaluation.openworld import OpenWorldAccumulator, write_openworld_metrics
+    from vocabseg.openworld.metrics import OpenWorldAccumulator, write_openworld_metrics
 
     gt = np.array([[0, 0, 1, 1, 2, 2, 255, 255]])
     pred = np.array([[0, 0 if known_right else 1, 1, 1, 0, 1, 0, 0]])

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from vocabseg import train as train_cli
-from vocabseg.approaches.fcclip_setup import ModelSpec, build_model
+from vocabseg.approaches.study_model import ModelSpec, build_model
 from vocabseg.cli import main as cli_main
 from vocabseg.data.prepare import prepare_dataset
 from vocabseg.data.synth import generate_city

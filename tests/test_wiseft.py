@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vocabseg.approaches.fcclip_setup import ModelSpec, build_model
+from vocabseg.approaches.study_model import ModelSpec, build_model
 from vocabseg.approaches.wiseft import (
     FROZEN_PREFIX,
     interpolate_state_dicts,

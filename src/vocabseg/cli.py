@@ -3,6 +3,12 @@
 Every Snakemake rule is a one-line call of one of these subcommands, so all logic
 lives in importable, tested Python. Bad input ends with one ``error: ...`` line
 naming the file or key, exit status 1, and no traceback.
+
+Each subcommand is declared where it runs: ``_NAME_arguments(p)`` adds its options
+to its subparser, and ``@subcommand("NAME", _NAME_arguments, help=...)`` registers
+the ``cmd_NAME`` function below it. ``vocabseg --help`` lists the subcommands in
+the order they are defined here; ``tests/test_cli_surface.py`` pins every
+subcommand's options.
 """
 
 from __future__ import annotations
@@ -11,20 +17,54 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from vocabseg.errors import InputError, run_reporting_input_errors
 from vocabseg.fileio import read_json
 
-_COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {}
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``vocabseg NAME``: its one-line help, the function that declares its
+    arguments on the subparser, and the function that runs it on the parsed namespace."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None]
 
 
-def _command(fn: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
-    _COMMANDS[fn.__name__.removeprefix("cmd_").replace("_", "-")] = fn
-    return fn
+#: every subcommand, in the order ``vocabseg --help`` lists them (the order of definition)
+_COMMANDS: dict[str, Subcommand] = {}
 
 
-@_command
+def subcommand(
+    name: str, add_arguments: Callable[[argparse.ArgumentParser], None], *, help: str
+) -> Callable[[Callable[[argparse.Namespace], None]], Callable[[argparse.Namespace], None]]:
+    """Register the decorated ``cmd_*`` function as ``vocabseg NAME``, with the
+    arguments that ``add_arguments`` (defined beside it) declares."""
+
+    def register(run: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
+        if name in _COMMANDS:
+            raise ValueError(f"subcommand {name!r} registered twice")
+        _COMMANDS[name] = Subcommand(name, help, add_arguments, run)
+        return run
+
+    return register
+
+
+def _synth_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--train", type=int, default=24)
+    p.add_argument("--val", type=int, default=8)
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--style", choices=("target", "source"), default="target")
+
+
+@subcommand("synth", _synth_arguments, help="write the synthetic city in Cityscapes layout")
 def cmd_synth(a: argparse.Namespace) -> None:
     from vocabseg.data.synth import generate_city
 
@@ -39,7 +79,23 @@ def cmd_synth(a: argparse.Namespace) -> None:
     print(f"wrote {len(paths)} images ({a.style} style) to {a.root}")
 
 
-@_command
+def _download_cityscapes_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dest", type=Path, required=True)
+    p.add_argument("--zips", type=Path, default=None, help="folder holding (or receiving) the zip files")
+    p.add_argument("--credentials", type=Path, default=None, help='JSON file {"username": ..., "password": ...}')
+    p.add_argument("--package", nargs="+", default=["gtFine_trainvaltest.zip", "leftImg8bit_trainvaltest.zip"])
+    p.add_argument(
+        "--staging",
+        type=Path,
+        default=None,
+        help="work here and rename to --dest when every package is in; kept after a failure for the next run",
+    )
+    p.add_argument(
+        "--network-attempts", type=int, default=3, help="tries per package when the network fails (30 s, 60 s, ... apart)"
+    )
+
+
+@subcommand("download-cityscapes", _download_cityscapes_arguments, help="download and extract Cityscapes packages")
 def cmd_download_cityscapes(a: argparse.Namespace) -> None:
     from vocabseg.data.download import download_cityscapes
 
@@ -53,7 +109,14 @@ def cmd_download_cityscapes(a: argparse.Namespace) -> None:
     )
 
 
-@_command
+def _prepare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--raw", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--splits", nargs="+", default=["train", "val"])
+    p.add_argument("--threads", type=int, default=1)
+
+
+@subcommand("prepare", _prepare_arguments, help="trainId label images and COCO-panoptic ground truth")
 def cmd_prepare(a: argparse.Namespace) -> None:
     from vocabseg.data.prepare import prepare_dataset
 
@@ -61,7 +124,18 @@ def cmd_prepare(a: argparse.Namespace) -> None:
     print(f"prepared {', '.join(a.splits)} of {a.raw} in {a.out}")
 
 
-@_command
+def _build_bdd_anomaly_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bdd100k", type=Path, required=True, help="BDD100K folder (images/10k + labels/sem_seg/masks)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--variant", choices=("1+16", "1+17"), required=True, help="1+17: bicycle stays known")
+    p.add_argument("--threads", type=int, default=1)
+
+
+@subcommand(
+    "build-bdd-anomaly",
+    _build_bdd_anomaly_arguments,
+    help="BDD-Anomaly (Hendrycks et al.) from a BDD100K download",
+)
 def cmd_build_bdd_anomaly(a: argparse.Namespace) -> None:
     from vocabseg.data.bdd_anomaly import build_bdd_anomaly
 
@@ -69,7 +143,16 @@ def cmd_build_bdd_anomaly(a: argparse.Namespace) -> None:
     print(f"BDD-Anomaly {a.variant} in {a.out}: " + ", ".join(f"{k} {v}" for k, v in summary["images"].items()))
 
 
-@_command
+def _vocab_split_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--conf", required=True)
+    p.add_argument("--train-json", type=Path, required=True)
+    p.add_argument("--train-folder", type=Path, required=True)
+    p.add_argument("--split-out", type=Path, required=True)
+    p.add_argument("--gt-json-out", type=Path, required=True)
+    p.add_argument("--gt-folder-out", type=Path, required=True)
+
+
+@subcommand("vocab-split", _vocab_split_arguments, help="split.json and training ground truth of a configuration")
 def cmd_vocab_split(a: argparse.Namespace) -> None:
     from vocabseg.data.vocab import write_vocab_split
 
@@ -77,7 +160,14 @@ def cmd_vocab_split(a: argparse.Namespace) -> None:
     print(f"configuration {a.conf}: in {split['in_names']}, out {split['out_names']}")
 
 
-@_command
+def _class_frequency_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train-json", type=Path, required=True)
+    p.add_argument("--val-json", type=Path, required=True)
+    p.add_argument("--split", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+
+
+@subcommand("class-frequency", _class_frequency_arguments, help="class-frequency histograms, in/out coloured")
 def cmd_class_frequency(a: argparse.Namespace) -> None:
     from vocabseg.data.stats import class_frequencies
     from vocabseg.report.figures import plot_class_frequency
@@ -87,7 +177,21 @@ def cmd_class_frequency(a: argparse.Namespace) -> None:
     plot_class_frequency(stats, split, a.out)
 
 
-@_command
+def _pretrain_clip_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--raw", type=Path, nargs="+", required=True, help="cities to train on (Cityscapes layout)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--height", type=int, default=256, help="training image size: the study's image size")
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+
+
+@subcommand(
+    "pretrain-clip",
+    _pretrain_clip_arguments,
+    help="region-text pretraining of the tiny CLIP (synthetic world)",
+)
 def cmd_pretrain_clip(a: argparse.Namespace) -> None:
     from vocabseg.pretrain.clip_regions import pretrain_clip_regions
 
@@ -97,24 +201,41 @@ def cmd_pretrain_clip(a: argparse.Namespace) -> None:
     print(f"pretrained CLIP: val region accuracy {metrics['val_region_accuracy']}")
 
 
-@_command
+def _fetch_clip_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="the study's model block as JSON")
+    p.add_argument("--out", type=Path, required=True, help="the safetensors file the jobs read")
+
+
+@subcommand("fetch-clip", _fetch_clip_arguments, help="download the study's pretrained CLIP weights (checksum verified)")
 def cmd_fetch_clip(a: argparse.Namespace) -> None:
-    from vocabseg.approaches.fcclip_setup import ModelSpec
+    from vocabseg.approaches.study_model import ModelSpec
     from vocabseg.fetch import fetch_clip
 
     fetch_clip(ModelSpec.from_json(a.model), a.out)
 
 
-@_command
+def _fetch_url_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", required=True, help="model.weights_url")
+    p.add_argument("--sha256", default=None, help="model.weights_sha256")
+    p.add_argument("--out", type=Path, required=True, help="model.weights")
+
+
+@subcommand("fetch-url", _fetch_url_arguments, help="download the official FC-CLIP checkpoint (resumable, checksum verified)")
 def cmd_fetch_url(a: argparse.Namespace) -> None:
     from vocabseg.fetch import fetch_url
 
     fetch_url(a.url, a.out, a.sha256)
 
 
-@_command
+def _text_embeddings_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="the study's model block as JSON")
+    p.add_argument("--split", type=Path, default=None, help="split.json: its in-classes (default: all 19)")
+    p.add_argument("--out", type=Path, required=True)
+
+
+@subcommand("text-embeddings", _text_embeddings_arguments, help="cache the text classifier of a vocabulary")
 def cmd_text_embeddings(a: argparse.Namespace) -> None:
-    from vocabseg.approaches.fcclip_setup import ModelSpec, build_backbone, class_names, text_classifier_for, vocab_ids
+    from vocabseg.approaches.study_model import ModelSpec, build_backbone, class_names, text_classifier_for, vocab_ids
     from vocabseg.models.fcclip import save_text_classifier
 
     ids = vocab_ids(read_json(a.split) if a.split else None)
@@ -125,12 +246,27 @@ def cmd_text_embeddings(a: argparse.Namespace) -> None:
     print(f"text classifier: {len(ids)} classes, {embeddings.shape[0]} synonyms -> {a.out}")
 
 
-@_command
+def _predict_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="the study's model block as JSON")
+    p.add_argument("--weights", type=Path, required=True)
+    p.add_argument("--text", type=Path, required=True, help="text classifier of all 19 classes")
+    p.add_argument("--train-split", type=Path, default=None, help="split.json the model was trained on")
+    p.add_argument("--gt-json", type=Path, required=True, help="prepared panoptic JSON listing the images")
+    p.add_argument("--image-root", type=Path, required=True, help="leftImg8bit/<split> folder")
+    p.add_argument("--out-json", type=Path, required=True)
+    p.add_argument("--out-folder", type=Path, required=True)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--combined", metavar="FUSION", default=None, help="--weights is a combined checkpoint")
+    p.add_argument("--predict-with", choices=("fused", "m1", "m2"), default="fused", help="with --combined")
+
+
+@subcommand("predict", _predict_arguments, help="FC-CLIP panoptic predictions on a split")
 def cmd_predict(a: argparse.Namespace) -> None:
     import torch
 
     from vocabseg.approaches.combined import build_combined
-    from vocabseg.approaches.fcclip_setup import ModelSpec, build_model, vocab_ids
+    from vocabseg.approaches.study_model import ModelSpec, build_model, vocab_ids
     from vocabseg.approaches.predict import image_list, predict_panoptic
     from vocabseg.models.fcclip import load_text_classifier
 
@@ -155,7 +291,14 @@ def cmd_predict(a: argparse.Namespace) -> None:
     print(f"predicted {n} images")
 
 
-@_command
+def _oracle_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gt-json", type=Path, required=True)
+    p.add_argument("--gt-folder", type=Path, required=True)
+    p.add_argument("--out-json", type=Path, required=True)
+    p.add_argument("--out-folder", type=Path, required=True)
+
+
+@subcommand("oracle", _oracle_arguments, help="ground truth written as a prediction (chain check)")
 def cmd_oracle(a: argparse.Namespace) -> None:
     from vocabseg.approaches.oracle import write_oracle_predictions
 
@@ -163,7 +306,23 @@ def cmd_oracle(a: argparse.Namespace) -> None:
     print(f"oracle: {n} images")
 
 
-@_command
+def _pseudolabel_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gt-json", type=Path, required=True, help="the configuration's training ground truth")
+    p.add_argument("--gt-folder", type=Path, required=True)
+    p.add_argument("--teacher-json", type=Path, required=True, help="the zero-shot prediction of the training images")
+    p.add_argument("--teacher-folder", type=Path, required=True)
+    p.add_argument("--split", type=Path, required=True, help="split.json of the configuration")
+    p.add_argument("--out-json", type=Path, required=True)
+    p.add_argument("--out-folder", type=Path, required=True)
+    p.add_argument("--threshold", type=float, default=0.5, help="minimum teacher score of a pseudo segment")
+    p.add_argument("--min-pixels", type=int, default=16, help="minimum pixels a pseudo segment keeps")
+
+
+@subcommand(
+    "pseudolabel",
+    _pseudolabel_arguments,
+    help="FTZS ground truth: in-class GT + the teacher's out-class segments",
+)
 def cmd_pseudolabel(a: argparse.Namespace) -> None:
     from vocabseg.approaches.pseudolabel import build_pseudo_labels
 
@@ -174,7 +333,26 @@ def cmd_pseudolabel(a: argparse.Namespace) -> None:
     print("pseudo-labels: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
 
 
-@_command
+def _intersect_arguments(p: argparse.ArgumentParser) -> None:
+    from vocabseg.approaches.intersection import OVERLAP_RULES
+
+    p.add_argument("--in-json", type=Path, required=True, help="prediction supplying the in-classes")
+    p.add_argument("--in-folder", type=Path, required=True)
+    p.add_argument("--out-json", type=Path, required=True, help="prediction supplying the out-classes")
+    p.add_argument("--out-folder", type=Path, required=True)
+    p.add_argument("--split", type=Path, required=True, help="split.json defining in and out")
+    p.add_argument("--merged-json", type=Path, required=True)
+    p.add_argument("--merged-folder", type=Path, required=True)
+    p.add_argument("--overlap", choices=OVERLAP_RULES, default="in",
+                   help="which segment keeps a pixel both kept segments cover: the in model's, the out "
+                        "model's, or the one with the higher score")
+
+
+@subcommand(
+    "intersect",
+    _intersect_arguments,
+    help="in-class segments of one prediction + out-class segments of another",
+)
 def cmd_intersect(a: argparse.Namespace) -> None:
     from vocabseg.approaches.intersection import intersect_predictions
 
@@ -185,16 +363,40 @@ def cmd_intersect(a: argparse.Namespace) -> None:
     print(f"intersection ({a.overlap} wins overlaps): {n} images")
 
 
-@_command
+def _wiseft_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="the study's model block as JSON")
+    p.add_argument("--zeroshot", type=Path, required=True)
+    p.add_argument("--finetuned", type=Path, required=True)
+    p.add_argument("--alpha", type=float, required=True, help="weight of the fine-tuned model, in [0, 1]")
+    p.add_argument("--out", type=Path, required=True)
+
+
+@subcommand("wiseft", _wiseft_arguments, help="WiSE-FT: interpolate zero-shot and fine-tuned weights")
 def cmd_wiseft(a: argparse.Namespace) -> None:
-    from vocabseg.approaches.fcclip_setup import ModelSpec
+    from vocabseg.approaches.study_model import ModelSpec
     from vocabseg.approaches.wiseft import wiseft_checkpoint
 
     report = wiseft_checkpoint(a.zeroshot, a.finetuned, a.alpha, a.out, spec=ModelSpec.from_json(a.model))
     print(f"WiSE-FT alpha {a.alpha}: {len(report.interpolated)} tensors interpolated, {len(report.copied)} copied")
 
 
-@_command
+def _evaluate_panoptic_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gt-json", type=Path, required=True)
+    p.add_argument("--gt-folder", type=Path, required=True)
+    p.add_argument("--pred-json", type=Path, required=True)
+    p.add_argument("--pred-folder", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--split", type=Path, default=None, help="split.json giving the In and Out groups")
+    p.add_argument("--threads", type=int, default=1, help="worker processes (the job's threads)")
+    _fact_argument(p)
+    p.add_argument("--images-out", type=Path, default=None, help=".npz: per-image, per-class counts (for the bootstrap)")
+
+
+@subcommand(
+    "evaluate-panoptic",
+    _evaluate_panoptic_arguments,
+    help="PQ/SQ/RQ as cityscapesscripts, plus In/Out and mIoU",
+)
 def cmd_evaluate_panoptic(a: argparse.Namespace) -> None:
     from vocabseg.evaluation.panoptic import evaluate_panoptic_images
 
@@ -207,7 +409,22 @@ def cmd_evaluate_panoptic(a: argparse.Namespace) -> None:
     _write_panoptic_metrics(results, a.fact, a.out)
 
 
-@_command
+def _classwise_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--in-metrics", type=Path, required=True, help="metrics JSON scoring the in-classes")
+    p.add_argument("--out-metrics", type=Path, required=True, help="metrics JSON scoring the out-classes")
+    p.add_argument("--split", type=Path, required=True, help="split.json defining in and out")
+    p.add_argument("--out", type=Path, required=True)
+    _fact_argument(p)
+    p.add_argument("--in-images", type=Path, default=None, help=".npz per-image counts of the in approach")
+    p.add_argument("--out-images", type=Path, default=None, help=".npz per-image counts of the out approach")
+    p.add_argument("--images-out", type=Path, default=None, help=".npz: their class-wise combination (for the bootstrap)")
+
+
+@subcommand(
+    "classwise",
+    _classwise_arguments,
+    help="per-class results of two metrics files, in-classes from one (the seed's naive row)",
+)
 def cmd_classwise(a: argparse.Namespace) -> None:
     from vocabseg.approaches.classwise import classwise_from_files, classwise_images_from_files
 
@@ -230,36 +447,24 @@ def _write_panoptic_metrics(results: dict, facts: list[str], out: Path) -> None:
         print(f"{g:7s} PQ {pq:>8s}  n {r['n']}")
 
 
-@_command
-def cmd_report(a: argparse.Namespace) -> None:
-    from vocabseg.report.table import write_report
-
-    from vocabseg.evaluation.bootstrap import BootstrapSettings
-
-    frame = write_report(
-        a.metrics, a.table_md, a.table_csv, a.bars, a.title, tradeoff_png=a.tradeoff, openworld_files=a.openworld,
-        image_stats=a.images, references=a.references,
-        openworld_image_stats=a.openworld_images, openworld_references=a.openworld_references,
-        bootstrap=BootstrapSettings(resamples=a.resamples, seed=a.seed, level=a.level),
-    )
-    print(f"{len(frame)} rows written to {a.table_md}")
+def _semantic_split_arguments(p: argparse.ArgumentParser) -> None:
+    """The images and train-id labels of a split, as the ContMAV commands read them."""
+    p.add_argument("--image-root", type=Path, required=True, help="leftImg8bit/<split> folder")
+    p.add_argument("--label-root", type=Path, required=True, help="gtFine/<split> folder with *_labelTrainIds.png")
 
 
-@_command
-def cmd_panels(a: argparse.Namespace) -> None:
-    from vocabseg.report.panels import Prediction, write_panels
-
-    preds = [Prediction(name, Path(json_path), Path(folder)) for name, json_path, folder in a.pred]
-    written = write_panels(
-        a.gt_json, a.gt_folder, a.image_root, preds, a.out_dir,
-        count=a.count, columns=a.columns, max_width=a.max_width,
-    )
-    print(f"{len(written)} panels written to {a.out_dir}")
+def _known_unknown_arguments(p: argparse.ArgumentParser) -> None:
+    """``--known`` or ``--unknown``, read by :func:`_known_ids`."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--known", type=int, nargs="+", default=None, metavar="TRAIN_ID",
+                       help="known classes (Cityscapes train ids, in this order)")
+    group.add_argument("--unknown", type=int, nargs="+", default=None, metavar="TRAIN_ID",
+                       help="unknown classes; the known ones are the other train ids 0..18")
 
 
 def _known_ids(a: argparse.Namespace) -> list[int]:
     """The known train ids of ``--known`` or the complement of ``--unknown``."""
-    from vocabseg.approaches.contmav_train import known_from_unknown
+    from vocabseg.openworld.train import known_from_unknown
 
     if (a.known is None) == (a.unknown is None):
         raise InputError("give exactly one of --known and --unknown (train ids)")
@@ -276,20 +481,51 @@ def _json_arg(text: str, flag: str) -> dict:
     return value
 
 
-@_command
+def _contmav_weights_arguments(p: argparse.ArgumentParser) -> None:
+    _semantic_split_arguments(p)
+    _known_unknown_arguments(p)
+    p.add_argument("--out", type=Path, required=True)
+
+
+@subcommand(
+    "contmav-weights",
+    _contmav_weights_arguments,
+    help="ContMAV median-frequency class weights of a training split (JSON)",
+)
 def cmd_contmav_weights(a: argparse.Namespace) -> None:
-    from vocabseg.approaches.contmav_train import write_class_weights
+    from vocabseg.openworld.train import write_class_weights
 
     stats = write_class_weights(a.image_root, a.label_root, _known_ids(a), a.out)
     weights = ", ".join(f"{w:.3g}" for w in stats["weights"])
     print(f"median-frequency weights of {stats['n_images']} images -> {a.out}: [{weights}]")
 
 
-@_command
+def _contmav_train_arguments(p: argparse.ArgumentParser) -> None:
+    _semantic_split_arguments(p)
+    _known_unknown_arguments(p)
+    p.add_argument("--weights", type=Path, default=None, help="class weights of contmav-weights (default: unweighted)")
+    p.add_argument("--model", default='{"preset": "paper"}',
+                   help='model JSON: {"preset": "paper"|"tiny", "trufor": true, ...ContMAVConfig keys}')
+    p.add_argument("--variant", default="{}",
+                   help='loss JSON: {"semantic": "ce"|"focal"|"focal_dice", "extra": "none"|"infonce"|"synco", ...}')
+    p.add_argument("--recipe", default="{}",
+                   help='training JSON over the paper recipe: {"epochs": 500, "batch_size": 8, "lr": 0.004, '
+                        '"augment": {"crop_size": [512, 1024]}, ...}')
+    p.add_argument("--out", type=Path, required=True, help="the exported model (written when training is complete)")
+    p.add_argument("--state-dir", type=Path, required=True, help="checkpoints (not a Snakemake output)")
+    p.add_argument("--metrics-log", type=Path, required=True)
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process")
+
+
+@subcommand(
+    "contmav-train",
+    _contmav_train_arguments,
+    help="train a ContMAV variant (resumable; torchrun -m vocabseg.cli for DDP)",
+)
 def cmd_contmav_train(a: argparse.Namespace) -> None:
     import torch
 
-    from vocabseg.approaches.contmav_train import train_contmav
+    from vocabseg.openworld.train import train_contmav
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -307,11 +543,38 @@ def cmd_contmav_train(a: argparse.Namespace) -> None:
     )
 
 
-@_command
+def _contmav_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, required=True, help="the model file of contmav-train")
+    _semantic_split_arguments(p)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--unknown", type=int, nargs="+", default=None, metavar="TRAIN_ID",
+                   help="unknown classes (default: every train id the model does not know)")
+    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="resize images (and labels, nearest) before inference, e.g. 512 1024")
+    p.add_argument("--delta", type=float, default=0.6, help="unknown threshold on s_unk")
+    p.add_argument("--eta", type=float, default=0.5, help="clustering distance of new classes")
+    p.add_argument("--no-cluster", action="store_true", help="skip the open-world clustering")
+    p.add_argument("--cluster-stride", type=int, default=4,
+                   help="cluster the unknown pixels of every S-th row/column online, then give each unknown "
+                        "pixel its nearest discovered class (1: every pixel, the paper's rule; slow)")
+    p.add_argument("--max-classes", type=int, default=256,
+                   help="stop discovering classes once this many exist (0: no limit)")
+    p.add_argument("--score-bins", type=int, default=None, help="histogram anomaly curves (large splits)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--images-out", type=Path, default=None, help=".npz: per-image counts (for the bootstrap)")
+    p.add_argument("--image-bins", type=int, default=1000, help="score histogram bins per image in --images-out")
+    _fact_argument(p)
+
+
+@subcommand(
+    "contmav-eval",
+    _contmav_eval_arguments,
+    help="open-world metrics of an exported ContMAV model on a split (JSON)",
+)
 def cmd_contmav_eval(a: argparse.Namespace) -> None:
     import torch
 
-    from vocabseg.approaches.contmav_eval import evaluate_contmav
+    from vocabseg.openworld.evaluate import evaluate_contmav
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -343,6 +606,69 @@ def cmd_contmav_eval(a: argparse.Namespace) -> None:
     )
 
 
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", type=Path, nargs="+", required=True)
+    p.add_argument("--table-md", type=Path, required=True)
+    p.add_argument("--table-csv", type=Path, required=True)
+    p.add_argument("--bars", type=Path, required=True)
+    p.add_argument("--tradeoff", type=Path, default=None, help="PNG: PQ In vs PQ Out, one point per approach")
+    p.add_argument("--title", default="vocabseg results")
+    p.add_argument("--openworld", type=Path, nargs="*", default=[], help="contmav-eval metrics: the open-world table")
+    p.add_argument("--images", type=Path, nargs="*", default=[],
+                   help="per-image statistics (.npz of evaluate-panoptic), one per --metrics file: adds intervals")
+    p.add_argument("--references", nargs="*", default=[], help="approaches every row is compared with (paired)")
+    p.add_argument("--openworld-images", type=Path, nargs="*", default=[],
+                   help="per-image statistics of contmav-eval, one per --openworld file: adds intervals")
+    p.add_argument("--openworld-references", nargs="*", default=[], help="variants every open-world row is compared with")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap resampling seed")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
+
+
+@subcommand("report", _report_arguments, help="results table (Markdown, CSV) and PQ bar chart")
+def cmd_report(a: argparse.Namespace) -> None:
+    from vocabseg.report.table import write_report
+
+    from vocabseg.evaluation.bootstrap import BootstrapSettings
+
+    frame = write_report(
+        a.metrics, a.table_md, a.table_csv, a.bars, a.title, tradeoff_png=a.tradeoff, openworld_files=a.openworld,
+        image_stats=a.images, references=a.references,
+        openworld_image_stats=a.openworld_images, openworld_references=a.openworld_references,
+        bootstrap=BootstrapSettings(resamples=a.resamples, seed=a.seed, level=a.level),
+    )
+    print(f"{len(frame)} rows written to {a.table_md}")
+
+
+def _panels_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gt-json", type=Path, required=True, help="prepared validation panoptic JSON")
+    p.add_argument("--gt-folder", type=Path, required=True)
+    p.add_argument("--image-root", type=Path, required=True, help="leftImg8bit/<split> folder")
+    p.add_argument("--pred", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "FOLDER"),
+                   help="one approach's panoptic JSON and PNG folder, titled NAME; repeat, in display order")
+    p.add_argument("--count", type=int, default=3, help="the first COUNT images of --gt-json")
+    p.add_argument("--columns", type=int, default=3, help="cells per grid row")
+    p.add_argument("--max-width", type=int, default=512, help="wider images are downscaled to this width")
+    p.add_argument("--out-dir", type=Path, required=True, help="receives panel_<image_id>.png")
+
+
+@subcommand("panels", _panels_arguments, help="qualitative panels: photo, ground truth and each approach's overlay")
+def cmd_panels(a: argparse.Namespace) -> None:
+    from vocabseg.report.panels import Prediction, write_panels
+
+    preds = [Prediction(name, Path(json_path), Path(folder)) for name, json_path, folder in a.pred]
+    written = write_panels(
+        a.gt_json, a.gt_folder, a.image_root, preds, a.out_dir,
+        count=a.count, columns=a.columns, max_width=a.max_width,
+    )
+    print(f"{len(written)} panels written to {a.out_dir}")
+
+
+def _fact_argument(p: argparse.ArgumentParser) -> None:
+    """``--fact KEY=VALUE`` (repeatable), parsed by :func:`_parse_fact`."""
+    p.add_argument("--fact", action="append", default=[], metavar="KEY=VALUE", help="run fact stored under 'run'")
+
+
 def _parse_fact(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -354,243 +680,17 @@ def _parse_fact(text: str) -> tuple[str, object]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vocabseg.approaches.intersection import OVERLAP_RULES
-
+    """The ``vocabseg`` parser: one subparser per registered :class:`Subcommand`."""
     parser = argparse.ArgumentParser(prog="vocabseg", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    P = Path
-
-    p = sub.add_parser("synth", help="write the synthetic city in Cityscapes layout")
-    p.add_argument("--root", type=P, required=True)
-    p.add_argument("--train", type=int, default=24)
-    p.add_argument("--val", type=int, default=8)
-    p.add_argument("--height", type=int, default=256)
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--style", choices=("target", "source"), default="target")
-
-    p = sub.add_parser("download-cityscapes", help="download and extract Cityscapes packages")
-    p.add_argument("--dest", type=P, required=True)
-    p.add_argument("--zips", type=P, default=None, help="folder holding (or receiving) the zip files")
-    p.add_argument("--credentials", type=P, default=None, help='JSON file {"username": ..., "password": ...}')
-    p.add_argument("--package", nargs="+", default=["gtFine_trainvaltest.zip", "leftImg8bit_trainvaltest.zip"])
-    p.add_argument(
-        "--staging",
-        type=P,
-        default=None,
-        help="work here and rename to --dest when every package is in; kept after a failure for the next run",
-    )
-    p.add_argument(
-        "--network-attempts", type=int, default=3, help="tries per package when the network fails (30 s, 60 s, ... apart)"
-    )
-
-    p = sub.add_parser("prepare", help="trainId label images and COCO-panoptic ground truth")
-    p.add_argument("--raw", type=P, required=True)
-    p.add_argument("--out", type=P, required=True)
-    p.add_argument("--splits", nargs="+", default=["train", "val"])
-    p.add_argument("--threads", type=int, default=1)
-
-    p = sub.add_parser("build-bdd-anomaly", help="BDD-Anomaly (Hendrycks et al.) from a BDD100K download")
-    p.add_argument("--bdd100k", type=P, required=True, help="BDD100K folder (images/10k + labels/sem_seg/masks)")
-    p.add_argument("--out", type=P, required=True)
-    p.add_argument("--variant", choices=("1+16", "1+17"), required=True, help="1+17: bicycle stays known")
-    p.add_argument("--threads", type=int, default=1)
-
-    p = sub.add_parser("vocab-split", help="split.json and training ground truth of a configuration")
-    p.add_argument("--conf", required=True)
-    p.add_argument("--train-json", type=P, required=True)
-    p.add_argument("--train-folder", type=P, required=True)
-    p.add_argument("--split-out", type=P, required=True)
-    p.add_argument("--gt-json-out", type=P, required=True)
-    p.add_argument("--gt-folder-out", type=P, required=True)
-
-    p = sub.add_parser("class-frequency", help="class-frequency histograms, in/out coloured")
-    p.add_argument("--train-json", type=P, required=True)
-    p.add_argument("--val-json", type=P, required=True)
-    p.add_argument("--split", type=P, required=True)
-    p.add_argument("--out", type=P, required=True)
-
-    p = sub.add_parser("pretrain-clip", help="region-text pretraining of the tiny CLIP (synthetic world)")
-    p.add_argument("--raw", type=P, nargs="+", required=True, help="cities to train on (Cityscapes layout)")
-    p.add_argument("--out", type=P, required=True)
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--height", type=int, default=256, help="training image size: the study's image size")
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-
-    p = sub.add_parser("fetch-clip", help="download the study's pretrained CLIP weights (checksum verified)")
-    p.add_argument("--model", required=True, help="the study's model block as JSON")
-    p.add_argument("--out", type=P, required=True, help="the safetensors file the jobs read")
-
-    p = sub.add_parser("fetch-url", help="download the official FC-CLIP checkpoint (resumable, checksum verified)")
-    p.add_argument("--url", required=True, help="model.weights_url")
-    p.add_argument("--sha256", default=None, help="model.weights_sha256")
-    p.add_argument("--out", type=P, required=True, help="model.weights")
-
-    p = sub.add_parser("text-embeddings", help="cache the text classifier of a vocabulary")
-    p.add_argument("--model", required=True, help="the study's model block as JSON")
-    p.add_argument("--split", type=P, default=None, help="split.json: its in-classes (default: all 19)")
-    p.add_argument("--out", type=P, required=True)
-
-    p = sub.add_parser("predict", help="FC-CLIP panoptic predictions on a split")
-    p.add_argument("--model", required=True, help="the study's model block as JSON")
-    p.add_argument("--weights", type=P, required=True)
-    p.add_argument("--text", type=P, required=True, help="text classifier of all 19 classes")
-    p.add_argument("--train-split", type=P, default=None, help="split.json the model was trained on")
-    p.add_argument("--gt-json", type=P, required=True, help="prepared panoptic JSON listing the images")
-    p.add_argument("--image-root", type=P, required=True, help="leftImg8bit/<split> folder")
-    p.add_argument("--out-json", type=P, required=True)
-    p.add_argument("--out-folder", type=P, required=True)
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--combined", metavar="FUSION", default=None, help="--weights is a combined checkpoint")
-    p.add_argument("--predict-with", choices=("fused", "m1", "m2"), default="fused", help="with --combined")
-
-    p = sub.add_parser("oracle", help="ground truth written as a prediction (chain check)")
-    p.add_argument("--gt-json", type=P, required=True)
-    p.add_argument("--gt-folder", type=P, required=True)
-    p.add_argument("--out-json", type=P, required=True)
-    p.add_argument("--out-folder", type=P, required=True)
-
-    p = sub.add_parser("pseudolabel", help="FTZS ground truth: in-class GT + the teacher's out-class segments")
-    p.add_argument("--gt-json", type=P, required=True, help="the configuration's training ground truth")
-    p.add_argument("--gt-folder", type=P, required=True)
-    p.add_argument("--teacher-json", type=P, required=True, help="the zero-shot prediction of the training images")
-    p.add_argument("--teacher-folder", type=P, required=True)
-    p.add_argument("--split", type=P, required=True, help="split.json of the configuration")
-    p.add_argument("--out-json", type=P, required=True)
-    p.add_argument("--out-folder", type=P, required=True)
-    p.add_argument("--threshold", type=float, default=0.5, help="minimum teacher score of a pseudo segment")
-    p.add_argument("--min-pixels", type=int, default=16, help="minimum pixels a pseudo segment keeps")
-
-    p = sub.add_parser("intersect", help="in-class segments of one prediction + out-class segments of another")
-    p.add_argument("--in-json", type=P, required=True, help="prediction supplying the in-classes")
-    p.add_argument("--in-folder", type=P, required=True)
-    p.add_argument("--out-json", type=P, required=True, help="prediction supplying the out-classes")
-    p.add_argument("--out-folder", type=P, required=True)
-    p.add_argument("--split", type=P, required=True, help="split.json defining in and out")
-    p.add_argument("--merged-json", type=P, required=True)
-    p.add_argument("--merged-folder", type=P, required=True)
-    p.add_argument("--overlap", choices=OVERLAP_RULES, default="in",
-                   help="which segment keeps a pixel both kept segments cover: the in model's, the out "
-                        "model's, or the one with the higher score")
-
-    p = sub.add_parser("wiseft", help="WiSE-FT: interpolate zero-shot and fine-tuned weights")
-    p.add_argument("--model", required=True, help="the study's model block as JSON")
-    p.add_argument("--zeroshot", type=P, required=True)
-    p.add_argument("--finetuned", type=P, required=True)
-    p.add_argument("--alpha", type=float, required=True, help="weight of the fine-tuned model, in [0, 1]")
-    p.add_argument("--out", type=P, required=True)
-
-    p = sub.add_parser("evaluate-panoptic", help="PQ/SQ/RQ as cityscapesscripts, plus In/Out and mIoU")
-    p.add_argument("--gt-json", type=P, required=True)
-    p.add_argument("--gt-folder", type=P, required=True)
-    p.add_argument("--pred-json", type=P, required=True)
-    p.add_argument("--pred-folder", type=P, required=True)
-    p.add_argument("--out", type=P, required=True)
-    p.add_argument("--split", type=P, default=None, help="split.json giving the In and Out groups")
-    p.add_argument("--threads", type=int, default=1, help="worker processes (the job's threads)")
-    p.add_argument("--fact", action="append", default=[], metavar="KEY=VALUE", help="run fact stored under 'run'")
-    p.add_argument("--images-out", type=P, default=None, help=".npz: per-image, per-class counts (for the bootstrap)")
-
-    p = sub.add_parser("classwise", help="per-class results of two metrics files, in-classes from one (the seed's naive row)")
-    p.add_argument("--in-metrics", type=P, required=True, help="metrics JSON scoring the in-classes")
-    p.add_argument("--out-metrics", type=P, required=True, help="metrics JSON scoring the out-classes")
-    p.add_argument("--split", type=P, required=True, help="split.json defining in and out")
-    p.add_argument("--out", type=P, required=True)
-    p.add_argument("--fact", action="append", default=[], metavar="KEY=VALUE", help="run fact stored under 'run'")
-    p.add_argument("--in-images", type=P, default=None, help=".npz per-image counts of the in approach")
-    p.add_argument("--out-images", type=P, default=None, help=".npz per-image counts of the out approach")
-    p.add_argument("--images-out", type=P, default=None, help=".npz: their class-wise combination (for the bootstrap)")
-
-    def known_unknown(p: argparse.ArgumentParser) -> None:
-        group = p.add_mutually_exclusive_group()
-        group.add_argument("--known", type=int, nargs="+", default=None, metavar="TRAIN_ID",
-                           help="known classes (Cityscapes train ids, in this order)")
-        group.add_argument("--unknown", type=int, nargs="+", default=None, metavar="TRAIN_ID",
-                           help="unknown classes; the known ones are the other train ids 0..18")
-
-    p = sub.add_parser("contmav-weights", help="ContMAV median-frequency class weights of a training split (JSON)")
-    p.add_argument("--image-root", type=P, required=True, help="leftImg8bit/<split> folder")
-    p.add_argument("--label-root", type=P, required=True, help="gtFine/<split> folder with *_labelTrainIds.png")
-    known_unknown(p)
-    p.add_argument("--out", type=P, required=True)
-
-    p = sub.add_parser("contmav-train", help="train a ContMAV variant (resumable; torchrun -m vocabseg.cli for DDP)")
-    p.add_argument("--image-root", type=P, required=True, help="leftImg8bit/<split> folder")
-    p.add_argument("--label-root", type=P, required=True, help="gtFine/<split> folder with *_labelTrainIds.png")
-    known_unknown(p)
-    p.add_argument("--weights", type=P, default=None, help="class weights of contmav-weights (default: unweighted)")
-    p.add_argument("--model", default='{"preset": "paper"}',
-                   help='model JSON: {"preset": "paper"|"tiny", "trufor": true, ...ContMAVConfig keys}')
-    p.add_argument("--variant", default="{}",
-                   help='loss JSON: {"semantic": "ce"|"focal"|"focal_dice", "extra": "none"|"infonce"|"synco", ...}')
-    p.add_argument("--recipe", default="{}",
-                   help='training JSON over the paper recipe: {"epochs": 500, "batch_size": 8, "lr": 0.004, '
-                        '"augment": {"crop_size": [512, 1024]}, ...}')
-    p.add_argument("--out", type=P, required=True, help="the exported model (written when training is complete)")
-    p.add_argument("--state-dir", type=P, required=True, help="checkpoints (not a Snakemake output)")
-    p.add_argument("--metrics-log", type=P, required=True)
-    p.add_argument("--threads", type=int, default=None, help="torch threads per process")
-
-    p = sub.add_parser("contmav-eval", help="open-world metrics of an exported ContMAV model on a split (JSON)")
-    p.add_argument("--model", type=P, required=True, help="the model file of contmav-train")
-    p.add_argument("--image-root", type=P, required=True, help="leftImg8bit/<split> folder")
-    p.add_argument("--label-root", type=P, required=True, help="gtFine/<split> folder with *_labelTrainIds.png")
-    p.add_argument("--out", type=P, required=True)
-    p.add_argument("--unknown", type=int, nargs="+", default=None, metavar="TRAIN_ID",
-                   help="unknown classes (default: every train id the model does not know)")
-    p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="resize images (and labels, nearest) before inference, e.g. 512 1024")
-    p.add_argument("--delta", type=float, default=0.6, help="unknown threshold on s_unk")
-    p.add_argument("--eta", type=float, default=0.5, help="clustering distance of new classes")
-    p.add_argument("--no-cluster", action="store_true", help="skip the open-world clustering")
-    p.add_argument("--cluster-stride", type=int, default=4,
-                   help="cluster the unknown pixels of every S-th row/column online, then give each unknown "
-                        "pixel its nearest discovered class (1: every pixel, the paper's rule; slow)")
-    p.add_argument("--max-classes", type=int, default=256,
-                   help="stop discovering classes once this many exist (0: no limit)")
-    p.add_argument("--score-bins", type=int, default=None, help="histogram anomaly curves (large splits)")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--images-out", type=P, default=None, help=".npz: per-image counts (for the bootstrap)")
-    p.add_argument("--image-bins", type=int, default=1000, help="score histogram bins per image in --images-out")
-    p.add_argument("--fact", action="append", default=[], metavar="KEY=VALUE", help="run fact stored under 'run'")
-
-    p = sub.add_parser("report", help="results table (Markdown, CSV) and PQ bar chart")
-    p.add_argument("--metrics", type=P, nargs="+", required=True)
-    p.add_argument("--table-md", type=P, required=True)
-    p.add_argument("--table-csv", type=P, required=True)
-    p.add_argument("--bars", type=P, required=True)
-    p.add_argument("--tradeoff", type=P, default=None, help="PNG: PQ In vs PQ Out, one point per approach")
-    p.add_argument("--title", default="vocabseg results")
-    p.add_argument("--openworld", type=P, nargs="*", default=[], help="contmav-eval metrics: the open-world table")
-    p.add_argument("--images", type=P, nargs="*", default=[],
-                   help="per-image statistics (.npz of evaluate-panoptic), one per --metrics file: adds intervals")
-    p.add_argument("--references", nargs="*", default=[], help="approaches every row is compared with (paired)")
-    p.add_argument("--openworld-images", type=P, nargs="*", default=[],
-                   help="per-image statistics of contmav-eval, one per --openworld file: adds intervals")
-    p.add_argument("--openworld-references", nargs="*", default=[], help="variants every open-world row is compared with")
-    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap resampling seed")
-    p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
-
-    p = sub.add_parser("panels", help="qualitative panels: photo, ground truth and each approach's overlay")
-    p.add_argument("--gt-json", type=P, required=True, help="prepared validation panoptic JSON")
-    p.add_argument("--gt-folder", type=P, required=True)
-    p.add_argument("--image-root", type=P, required=True, help="leftImg8bit/<split> folder")
-    p.add_argument("--pred", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "FOLDER"),
-                   help="one approach's panoptic JSON and PNG folder, titled NAME; repeat, in display order")
-    p.add_argument("--count", type=int, default=3, help="the first COUNT images of --gt-json")
-    p.add_argument("--columns", type=int, default=3, help="cells per grid row")
-    p.add_argument("--max-width", type=int, default=512, help="wider images are downscaled to this width")
-    p.add_argument("--out-dir", type=P, required=True, help="receives panel_<image_id>.png")
+    for command in _COMMANDS.values():
+        command.add_arguments(sub.add_parser(command.name, help=command.help))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_reporting_input_errors(_COMMANDS[args.command], args)
+    return run_reporting_input_errors(_COMMANDS[args.command].run, args)
 
 
 if __name__ == "__main__":

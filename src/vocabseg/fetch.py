@@ -177,7 +177,7 @@ def _store_safetensors(source: Path, out: Path) -> None:
 
 def fetch_clip(spec, out: Path | str, *, log: Callable[[str], None] = _print) -> Path:
     """Fetch the pretrained CLIP weights of a study's model (``spec``: a
-    :class:`~vocabseg.approaches.fcclip_setup.ModelSpec` whose ``clip_pretrained`` is an
+    :class:`~vocabseg.approaches.study_model.ModelSpec` whose ``clip_pretrained`` is an
     open_clip tag, or None for the preset's) into the safetensors file ``out``."""
     import open_clip
 

@@ -15,9 +15,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from vocabseg.errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "read_json",
@@ -32,6 +35,7 @@ __all__ = [
     "replace_dir",
     "write_npz_atomic",
     "read_npz",
+    "read_rgb",
 ]
 
 
@@ -124,6 +128,18 @@ def read_npz(path: Path | str, required: Any, what: str) -> dict:
     if missing:
         raise InputError(f"{path}: {what} lack {', '.join(missing)}")
     return arrays
+
+
+def read_rgb(path: Path | str) -> np.ndarray:
+    """Fully decode an image file to (H, W, 3) uint8 RGB; :class:`InputError` naming it if unreadable."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as err:
+        raise InputError(f"{path}: unreadable image ({err})") from None
 
 
 def torch_save_atomic(obj: Any, path: Path | str) -> None:

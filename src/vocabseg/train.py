@@ -112,7 +112,7 @@ def training_inputs(args: argparse.Namespace, recipe: dict) -> dict[str, str]:
 def run(args: argparse.Namespace) -> None:
     import torch
 
-    from vocabseg.approaches.fcclip_setup import ModelSpec, build_model, vocab_ids
+    from vocabseg.approaches.study_model import ModelSpec, build_model, vocab_ids
     from vocabseg.approaches.combined import CombinedTask, InOnlyDataset, build_training_pair
     from vocabseg.approaches.distill import DistillTask, out_class_indices
     from vocabseg.approaches.fusion import check_fusion

@@ -68,7 +68,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from vocabseg.approaches.fcclip_setup import ModelSpec
+from vocabseg.approaches.study_model import ModelSpec
 from vocabseg.approaches.fusion import check_fusion, fuse, fuse_outputs
 from vocabseg.errors import InputError
 from vocabseg.fileio import torch_load_checked, torch_save_atomic
@@ -288,7 +288,7 @@ def build_training_pair(
     backbones must be equal (they are frozen during training). Without (variant
     ``base_in_only``): M1 from ``init`` (the base weights) and M2 a copy of it.
     """
-    from vocabseg.approaches.fcclip_setup import build_model
+    from vocabseg.approaches.study_model import build_model
 
     m1 = build_model(spec, init)
     if init_m2 is None:

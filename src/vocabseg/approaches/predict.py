@@ -22,10 +22,9 @@ from torch import nn
 from tqdm import tqdm
 
 from vocabseg.data.labels import ID_TO_LABEL
-from vocabseg.data.panoptic_dataset import read_rgb
 from vocabseg.data.panoptic_png import write_panoptic_png
 from vocabseg.errors import InputError
-from vocabseg.fileio import read_json, write_json_atomic
+from vocabseg.fileio import read_json, read_rgb, write_json_atomic
 from vocabseg.models.fcclip import FCCLIP, TextClassifier
 
 __all__ = ["predict_panoptic", "image_list"]

@@ -35,8 +35,8 @@ outside [0, 1]) is an :class:`~vocabseg.errors.InputError` naming both files.
 Files: checkpoints are ``{"model": state_dict}`` (or a bare state dict), as written by
 :func:`vocabseg.models.fcclip.save_fcclip_checkpoint`; the output is written in that
 layout, atomically. An official FC-CLIP file lacks the CLIP text tower; pass the
-study's :class:`~vocabseg.approaches.fcclip_setup.ModelSpec` to complete such a file
-exactly as :func:`~vocabseg.approaches.fcclip_setup.build_model` does (and to check
+study's :class:`~vocabseg.approaches.study_model.ModelSpec` to complete such a file
+exactly as :func:`~vocabseg.approaches.study_model.build_model` does (and to check
 both files against the study's architecture).
 """
 
@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from vocabseg.approaches.fcclip_setup import ModelSpec, build_model
+from vocabseg.approaches.study_model import ModelSpec, build_model
 from vocabseg.errors import InputError
 from vocabseg.fileio import torch_save_atomic
 from vocabseg.models.fcclip.checkpoint import read_state_dict
@@ -193,7 +193,7 @@ def wiseft_checkpoint(
         finetuned_path: checkpoint of a model fine-tuned from it.
         alpha: weight of the fine-tuned model, in [0, 1].
         out_path: output ``{"model": state_dict}`` file (written atomically).
-        spec: optional :class:`~vocabseg.approaches.fcclip_setup.ModelSpec`; if given,
+        spec: optional :class:`~vocabseg.approaches.study_model.ModelSpec`; if given,
             both files are loaded into the study's FC-CLIP first (completes official
             files without the CLIP text tower and checks both against the model).
 

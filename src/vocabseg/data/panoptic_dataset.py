@@ -22,23 +22,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from vocabseg.data.panoptic_png import read_panoptic_png
 from vocabseg.errors import InputError
+from vocabseg.fileio import read_rgb
 
-__all__ = ["PanopticTrainDataset", "read_rgb"]
+__all__ = ["PanopticTrainDataset"]
 
 Transform = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """Fully decode an image file to (H, W, 3) uint8 RGB; :class:`InputError` naming it if unreadable."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as err:
-        raise InputError(f"{path}: unreadable image ({err})") from None
 
 
 class PanopticTrainDataset:

@@ -23,10 +23,10 @@ sampling noise common to both cancels; its interval excludes 0 when the two rows
 differ by more than the choice of validation images explains. A row against itself
 gives exactly 0.
 
-Open-world (ContMAV) rows resample :class:`~vocabseg.evaluation.openworld.OpenWorldImageStats`
+Open-world (ContMAV) rows resample :class:`~vocabseg.openworld.metrics.OpenWorldImageStats`
 the same way: known mIoU from the per-image intersections / unions; AUPR, AUROC and
 FPR95 from the per-image score histograms summed over the resample (the metrics of
-the binned scores, as :class:`~vocabseg.evaluation.openworld.BinnedScores`, bounded
+the binned scores, as :class:`~vocabseg.openworld.metrics.BinnedScores`, bounded
 memory whatever the image size); open-world mIoU by the Hungarian matching of the
 resample's summed contingency.
 
@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from vocabseg.errors import InputError
-from vocabseg.evaluation.openworld import FPR_TPR, OpenWorldImageStats, match_discovered
+from vocabseg.openworld.metrics import FPR_TPR, OpenWorldImageStats, match_discovered
 from vocabseg.evaluation.panoptic import PerImageStats
 
 __all__ = [
@@ -128,7 +128,7 @@ def _miou(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
 
 def anomaly_metrics(pos: np.ndarray, neg: np.ndarray) -> dict[str, np.ndarray]:
     """AUPR, AUROC, FPR95 of (B, bins) score histograms (bins ascending), as
-    :func:`vocabseg.evaluation.openworld.metrics_from_counts` on the non-empty bins
+    :func:`vocabseg.openworld.metrics.metrics_from_counts` on the non-empty bins
     (empty bins add nothing): ``{"anomaly/<metric>": (B,) float64}``, NaN where undefined."""
     tp, fp = np.cumsum(pos[:, ::-1], axis=1), np.cumsum(neg[:, ::-1], axis=1)
     n_pos, n_neg = tp[:, -1], fp[:, -1]

@@ -33,7 +33,7 @@ import pandas as pd
 from vocabseg.data.labels import EVAL_LABELS
 from vocabseg.errors import InputError
 from vocabseg.evaluation.bootstrap import BootstrapSettings, bootstrap_rows
-from vocabseg.evaluation.openworld import OpenWorldImageStats, openworld_table_row
+from vocabseg.openworld.metrics import OpenWorldImageStats, openworld_table_row
 from vocabseg.evaluation.panoptic import PerImageStats
 from vocabseg.fileio import read_json, write_text_atomic
 from vocabseg.report.figures import plot_pq_bars, plot_tradeoff

@@ -7,7 +7,7 @@ Typical use::
     model = ContMAV(cfg)
     out = model(normalize_image(images))        # {"semantic": [B,K,H,W], "contrastive": [B,K,H,W]}
 
-Losses live in :mod:`vocabseg.losses.contmav`.
+Losses live in :mod:`vocabseg.openworld.losses`.
 """
 
 from .config import ContMAVConfig, PRESETS, parse_bool, preset_config

@@ -47,9 +47,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vocabseg.data.panoptic_dataset import read_rgb
 from vocabseg.data.transforms import AugmentConfig, TrainAugment, color_jitter_hsv
 from vocabseg.errors import InputError
+from vocabseg.fileio import read_rgb
 
 __all__ = [
     "NUM_TRAIN_IDS",

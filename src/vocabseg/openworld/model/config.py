@@ -5,7 +5,7 @@ The public ContMAV code declares its switches (``--obj``, ``--mav``, ``--closs``
 every boolean goes through :func:`parse_bool`, which accepts real booleans and the
 usual spellings only, and everything else raises :class:`InputError` naming the key.
 :func:`convert_fields` applies such per-field converters to a mapping (used by
-:class:`ContMAVConfig` and the loss configuration in :mod:`vocabseg.losses.contmav`).
+:class:`ContMAVConfig` and the loss configuration in :mod:`vocabseg.openworld.losses`).
 
 Presets: ``"paper"`` (the ContMAV defaults) and ``"tiny"`` (a narrow, shallow network
 for tests and CPU runs on the synthetic city).
@@ -133,7 +133,7 @@ def convert_fields(
 
 @dataclass(frozen=True)
 class ContMAVConfig:
-    """Everything :class:`~vocabseg.models.contmav.model.ContMAV` needs.
+    """Everything :class:`~vocabseg.openworld.model.model.ContMAV` needs.
 
     num_classes: K known classes (width of both decoders' outputs).
     encoder_block: ``"nbt1d"`` (paper) or ``"basic"`` (torchvision ResNet34 block).
@@ -150,7 +150,7 @@ class ContMAVConfig:
     trufor_fusion: ``"normalized_sum"`` or ``"learned"``.
     trufor_embed_dim, trufor_dropout: E and dropout of the MLP head (768, 0.1).
     pretrained: path of ImageNet encoder weights, or None (He initialisation).
-    he_init: He-initialise convs (see :func:`~vocabseg.models.contmav.layers.he_init_`).
+    he_init: He-initialise convs (see :func:`~vocabseg.openworld.model.layers.he_init_`).
     """
 
     num_classes: int = 19

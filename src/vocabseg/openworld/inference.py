@@ -118,7 +118,7 @@ class MavStats:
     @classmethod
     def from_descriptors(cls, descriptors: object) -> MavStats:
         """Stats from an object with ``means`` [C, K], ``variances`` [C, K] and ``valid``
-        [C] bool (the training code's ``vocabseg.losses.contmav.MAVs``); counts = valid."""
+        [C] bool (the training code's ``vocabseg.openworld.losses.MAVs``); counts = valid."""
         d = descriptors
         return cls.from_tensors(d.means, d.variances, d.valid.to(torch.int64))  # type: ignore[attr-defined]
 

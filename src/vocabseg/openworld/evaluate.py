@@ -2,16 +2,16 @@
 
 For every image (batch 1, whole image, optionally resized to ``size`` first: the
 paper evaluates Cityscapes at 512x1024), the exported network gives the semantic
-logits and contrastive features; :func:`~vocabseg.approaches.contmav_inference.contmav_scores`
+logits and contrastive features; :func:`~vocabseg.openworld.inference.contmav_scores`
 turns them, with the exported MAV statistics, into the closed-world prediction, the
 unknown score ``s_unk`` (the anomaly score), the unknown mask (``s_unk > delta``) and
 the most similar known class; :func:`discover_classes_strided` clusters the unknown
 pixels into new classes (the paper's online rule over the split, in image order, on a
 pixel grid of ``cluster_stride``; every unknown pixel then joins its nearest class).
-:class:`~vocabseg.evaluation.openworld.OpenWorldAccumulator` gives known mIoU,
+:class:`~vocabseg.openworld.metrics.OpenWorldAccumulator` gives known mIoU,
 AUPR / AUROC / FPR95 (positives: pixels of the unknown classes; void pixels are
 ignored), open-world mIoU and class similarity, written by
-:func:`~vocabseg.evaluation.openworld.write_openworld_metrics`.
+:func:`~vocabseg.openworld.metrics.write_openworld_metrics`.
 
 Label spaces: the export's known train ids are the known classes 0..K-1; the unknown
 classes are the other train ids (default) or ``unknown_train_ids``; train ids that are
@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from vocabseg.approaches.contmav_inference import (
+from vocabseg.openworld.inference import (
     DELTA,
     ETA,
     ClusterState,
@@ -42,12 +42,12 @@ from vocabseg.approaches.contmav_inference import (
     contmav_scores,
     open_world_labels,
 )
-from vocabseg.approaches.contmav_train import load_contmav_export
+from vocabseg.openworld.train import load_contmav_export
 from vocabseg.data.labels import TRAIN_ID_TO_NAME
-from vocabseg.data.semantic_dataset import NUM_TRAIN_IDS, LabelSpace, SemanticDataset
+from vocabseg.openworld.dataset import NUM_TRAIN_IDS, LabelSpace, SemanticDataset
 from vocabseg.errors import InputError
-from vocabseg.evaluation.openworld import OpenWorldAccumulator, write_openworld_metrics
-from vocabseg.models.contmav import normalize_image
+from vocabseg.openworld.metrics import OpenWorldAccumulator, write_openworld_metrics
+from vocabseg.openworld.model import normalize_image
 
 __all__ = ["PAPER_SIMILAR_TARGETS", "discover_classes_strided", "evaluate_contmav"]
 
@@ -75,10 +75,10 @@ def discover_classes_strided(
     max_classes: int | None = None,
     chunk: int = 8192,
 ) -> tuple[torch.Tensor, ClusterState]:
-    """:func:`~vocabseg.approaches.contmav_inference.discover_classes` on a pixel grid.
+    """:func:`~vocabseg.openworld.inference.discover_classes` on a pixel grid.
 
     The unknown pixels on the grid ``[::stride, ::stride]`` are clustered with the
-    online rule of :func:`~vocabseg.approaches.contmav_inference.cluster_unknown` (in
+    online rule of :func:`~vocabseg.openworld.inference.cluster_unknown` (in
     raster order, continuing ``state``); then every unknown pixel (grid or not) joins its
     nearest discovered class (squared Euclidean distance to the running means of the
     final state; ties: lowest class). ``stride = 1`` is ``discover_classes`` exactly
@@ -162,7 +162,7 @@ def evaluate_contmav(
         score_bins: None = exact anomaly curves, else histogram bins (large splits).
         facts: run facts stored under ``"run"`` (e.g. approach, study).
         images_out: ``.npz`` for the per-image counts the bootstrap resamples
-            (:class:`~vocabseg.evaluation.openworld.OpenWorldImageStats`), with
+            (:class:`~vocabseg.openworld.metrics.OpenWorldImageStats`), with
             ``image_bins`` unknown-score bins per image.
 
     Returns the results dict (the JSON content).

@@ -9,11 +9,11 @@ One task, :class:`ContMAVTask`, trains every variant of seed 003; a
   embeddings) or ``"synco"`` (the same with SynCo synthetic hard negatives);
 * the TruFor-style head is a *model* option (``{"trufor": true}`` in the model JSON).
 
-Losses per iteration (:class:`~vocabseg.losses.contmav.ContMAVCriterion`, weights
+Losses per iteration (:class:`~vocabseg.openworld.losses.ContMAVCriterion`, weights
 0.9 / 0.1 / 0.5 / 0.5): L_sem on the semantic logits, L_feat and L_cont against the
 MAVs of the previous epoch, L_obj on the contrastive features. The MAVs are
 accumulated over the true-positive pixels of every training batch
-(:class:`~vocabseg.losses.contmav.MAVAccumulator`) and finalised by the trainer's
+(:class:`~vocabseg.openworld.losses.MAVAccumulator`) and finalised by the trainer's
 ``end_epoch`` hook (summed over DDP processes), so in epoch 0 L_feat and L_cont are
 inactive (reported as 0) as in the paper. ``mav_start_epoch`` delays them further:
 an "epoch" of the synthetic city is 3 iterations, and MAVs of a network that has
@@ -29,13 +29,13 @@ Extra InfoNCE term (``w_extra`` times): the training crop is cut into a
 ``extra_min_pixels`` pixels gives a *known* embedding (mean of the per-pixel
 L2-normalised features of its pixels, labelled with the class) and the void pixels
 (the training-time unknowns, label 255) give an *unknown* embedding;
-:func:`~vocabseg.losses.contmav.known_unknown_infonce` (tau ``extra_tau``) pulls
+:func:`~vocabseg.openworld.losses.known_unknown_infonce` (tau ``extra_tau``) pulls
 same-class known regions together, unknown regions together, and pushes the two
 groups apart. The features are the ``extra_features`` output (``"semantic"`` logits,
 the space of the MAVs and the Gaussian score, or ``"contrastive"``). These region
 means stand in for the seed's offline per-class bounding-box crops (one forward
 pass, no extra images). ``"synco"`` appends synthetic hard negatives
-(:class:`~vocabseg.losses.contmav.SynCoConfig`, direction ``known_to_unknown`` by
+(:class:`~vocabseg.openworld.losses.SynCoConfig`, direction ``known_to_unknown`` by
 default) from epoch ``synco_warmup_epochs`` on.
 
 Files:
@@ -70,8 +70,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vocabseg.approaches.contmav_inference import MavStats
-from vocabseg.data.semantic_dataset import NUM_TRAIN_IDS, VOID, SemanticDataset, contmav_augment
+from vocabseg.openworld.inference import MavStats
+from vocabseg.openworld.dataset import NUM_TRAIN_IDS, VOID, SemanticDataset, contmav_augment
 from vocabseg.engine.trainer import TrainConfig, seeded_construction, stable_int, train
 from vocabseg.errors import InputError
 from vocabseg.fileio import (
@@ -82,7 +82,7 @@ from vocabseg.fileio import (
     torch_save_atomic,
     write_json_atomic,
 )
-from vocabseg.losses.contmav import (
+from vocabseg.openworld.losses import (
     ContMAVCriterion,
     ContMAVLossConfig,
     MAVAccumulator,
@@ -91,8 +91,8 @@ from vocabseg.losses.contmav import (
     label_histogram,
     median_frequency_weights,
 )
-from vocabseg.models.contmav import ContMAV, ContMAVConfig, normalize_image, preset_config
-from vocabseg.models.contmav.config import choice, convert_fields, to_float, to_int, to_int_tuple
+from vocabseg.openworld.model import ContMAV, ContMAVConfig, normalize_image, preset_config
+from vocabseg.openworld.model.config import choice, convert_fields, to_float, to_int, to_int_tuple
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -409,7 +409,7 @@ def class_weight_stats(dataset: SemanticDataset) -> dict[str, Any]:
     """Median-frequency class weights of the un-augmented training labels.
 
     Known classes only (void and unknown classes are not counted), frequencies as
-    :func:`~vocabseg.losses.contmav.median_frequency_weights`. Returns the JSON dict
+    :func:`~vocabseg.openworld.losses.median_frequency_weights`. Returns the JSON dict
     written by :func:`write_class_weights` (without the paths).
     """
     space = dataset.space

@@ -33,7 +33,7 @@ Deliberate differences from the public ContMAV code (see the reference notes):
 per-class means are formed per class, never by reshaping a (D, N) tensor with
 ``view``; the feature loss divides by the standard deviation, not the variance;
 every known class present is used (no "last label is void" assumption); booleans
-are parsed strictly (:func:`~vocabseg.models.contmav.config.parse_bool`); the
+are parsed strictly (:func:`~vocabseg.openworld.model.config.parse_bool`); the
 objectosphere unknown term has weight 1 (not 10).
 """
 
@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from vocabseg.engine.distributed import global_normaliser
 from vocabseg.errors import InputError
-from vocabseg.models.contmav.config import choice, convert_fields, parse_bool, to_float, to_int
+from vocabseg.openworld.model.config import choice, convert_fields, parse_bool, to_float, to_int
 
 __all__ = [
     "IGNORE_INDEX",
