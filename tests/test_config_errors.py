@@ -66,7 +66,7 @@ def test_a_valid_openworld_block_with_epochs_and_augment_plans_its_jobs(tmp_path
 def test_openworld_typos_stop_before_any_job_and_keep_the_trained_model(tmp_path, mutate, expected):
     config = tiny_openworld()
     mutate(config["openworld"])
-    model = tmp_path / "results/tiny/openworld/openworld/model/model.pt"
+    model = tmp_path / "results/tiny/openworld/models/contmav/model.pt"
     model.parent.mkdir(parents=True)
     model.write_bytes(b"trained earlier")
     res = snakemake(tmp_path, "--cores", "1", "--configfile", str(write_config(tmp_path / "c.yaml", config)))
@@ -119,7 +119,7 @@ def test_a_duplicate_key_names_file_line_and_key(tmp_path, text, line, key):
         ("model.weights", "results/tiny/models/base/model.pt", "every output lives in results/"),
         ("model.weights", "resources/tinycity/prepared", "rule prepare"),
         ("model.clip_pretrained", "results/synthetic/pretrain/clip.pt", "every output lives in results/"),
-        ("openworld.variants.contmav.model.pretrained", "results/tiny/openworld/openworld/model/model.pt",
+        ("openworld.variants.contmav.model.pretrained", "results/tiny/openworld/models/contmav/model.pt",
          "rule contmav_train"),
     ],
 )
