@@ -461,7 +461,7 @@ def step_contmav(args, cfg) -> dict:
         "--images-out", str(run / "metrics.images.npz"), "--image-bins", "1000",
     ), work / "logs/contmav/eval.log", env, limit)
     results = json.loads(metrics.read_text())
-    cli_device = results.get("device") or (args.device if device_arg else "cpu (contmav-eval has no device option)")
+    cli_device = results["run"].get("device") or (args.device if device_arg else "cpu (contmav-eval has no device option)")
     # the same evaluation in-process on the checked device: the GPU path of the inference
     dev = torch.device(args.device)
     start = time.perf_counter()

@@ -368,7 +368,8 @@ def test_cli_weights_train_eval_pipeline_writes_the_metric_keys(city, tmp_path, 
         "--label-root", str(city["val_labels"]), "--out", str(out), "--fact", "approach=contmav_synco",
     ]
     assert cli_main(eval_args) == 0
-    assert "AUROC" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "AUROC" in printed
     metrics = json.loads(out.read_text())
     assert metrics["classes"]["unknown"] == ["person", "car"] and len(metrics["classes"]["known"]) == 17
     assert 0 <= metrics["known"]["miou"] <= 1
@@ -378,6 +379,20 @@ def test_cli_weights_train_eval_pipeline_writes_the_metric_keys(city, tmp_path, 
     run = metrics["run"]
     assert run["approach"] == "contmav_synco" and run["unknown_train_ids"] == [11, 13] and run["epochs"] == 2
     assert run["variant"]["extra"] == "synco"
+    # the default: streamed score histograms on the job's device (the CPU here)
+    from vocabseg.openworld.metrics import SCORE_BINS
+
+    binned = metrics["anomaly"]
+    assert (binned["method"], binned["bins"], run["device"]) == ("binned", SCORE_BINS, "cpu")
+    assert "|binned - exact| <=" in printed
+    # every score kept: the exact curves lie within the bound the binned run stated
+    assert cli_main([*eval_args, "--out", str(tmp_path / "exact.json"), "--exact-scores"]) == 0
+    exact = json.loads((tmp_path / "exact.json").read_text())["anomaly"]
+    assert exact["method"] == "exact" and exact["n_unknown"] == binned["n_unknown"] > 0
+    for key in ("aupr", "auroc", "fpr95"):
+        assert abs(binned[key] - exact[key]) <= binned["error_bound"][key] + 1e-12, key
+    assert cli_main([*eval_args, "--score-bins", "0"]) == 1
+    assert "score bins must be >= 1" in capsys.readouterr().err
 
     assert cli_main(["contmav-train", *paths, "--out", "x", "--state-dir", "s", "--metrics-log", "m"]) == 1
     assert "exactly one of --known and --unknown" in capsys.readouterr().err

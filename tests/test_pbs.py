@@ -739,6 +739,9 @@ def test_dry_run_of_the_cityscapes_study_asks_for_gpus_for_training(tmp_path):
         "select=1:ncpus=8:mem=64000mb:ngpus=1",
         "walltime=04:00:00",
     ]
+    # both ContMAV rules run on a GPU
+    assert all(r["gpu"] == "1" for rule, r in jobs if rule in ("contmav_train", "contmav_eval"))
+    assert {"contmav_train", "contmav_eval"} <= set(counts)
     # CPU-only rules ask for none
     assert all(
         r.get("gpu", "0") == "0"
@@ -758,7 +761,7 @@ def test_small_site_profile_lowers_every_gpu_jobs_request(tmp_path):
     assert res.returncode == 0, res.stderr + res.stdout
     jobs = planned_jobs(res.stdout)
     gpu_jobs = [(rule, r) for rule, r in jobs if r.get("gpu", "0") != "0"]
-    assert {"train", "contmav_train"} <= {rule for rule, _ in gpu_jobs}
+    assert {"train", "contmav_train", "contmav_eval"} <= {rule for rule, _ in gpu_jobs}
     for rule, r in gpu_jobs:
         assert (r["gpu"], r["cpus_per_gpu"], r["mem_mb"]) == ("1", "4", "16000"), rule
         p = props(rule, threads=4, **{k: int(r[k]) for k in ("gpu", "cpus_per_gpu", "mem_mb")})

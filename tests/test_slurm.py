@@ -267,7 +267,7 @@ def test_dry_run_of_the_cityscapes_study_with_the_slurm_profile(tmp_path):
     for rule, resources in jobs:
         by_rule.setdefault(rule, []).append(resources)
     assert len(by_rule["train"]) == 5 and len(by_rule["train_combined"]) == 6
-    for rule in ("train", "train_combined", "predict", "predict_teacher"):
+    for rule in ("train", "train_combined", "predict", "predict_teacher", "contmav_train", "contmav_eval"):
         for resources in by_rule[rule]:
             assert resources["gpu"] == "1", (rule, resources)
             assert resources["tasks_per_gpu"] == "0"

@@ -104,6 +104,17 @@ def test_dry_run_of_bdd_anomaly_plans_the_build_and_six_contmav_variants(tmp_pat
     assert not {"train", "predict", "download_cityscapes", "panels"} & set(jobs)
 
 
+def test_contmav_evaluation_defaults_to_the_papers_size(tmp_path):
+    """openworld.eval.size: the paper's 512 x 1024 unless a study keeps its images' size."""
+    res = snakemake(tmp_path, "-n", "-p", "--configfile", str(REPO / "config/bdd-anomaly.yaml"))
+    assert res.returncode == 0, res.stderr + res.stdout
+    evals = [line for line in res.stdout.splitlines() if "vocabseg contmav-eval " in line]
+    assert len(evals) == 6 and all(" --size 512 1024 " in line for line in evals)
+    res = snakemake(tmp_path, "-n", "-p", "--configfile", str(REPO / "config/config.yaml"))
+    evals = [line for line in res.stdout.splitlines() if "vocabseg contmav-eval " in line]
+    assert len(evals) == 6 and not any("--size" in line for line in evals)  # eval: {size: null}
+
+
 def test_bdd_anomaly_runs_to_its_own_table_whatever_other_studies_left(tmp_path):
     """An open-world-only study's one target used to be results/table.md: any other
     study's table there made it end with "Nothing to be done"."""
@@ -371,6 +382,7 @@ def test_tiny_openworld_study_trains_scores_and_tabulates_contmav(tmp_path):
         "model": {"preset": "tiny"},
         "loss": {"mav_start_epoch": 1},
         "recipe": {"epochs": 3, "batch_size": 2, "augment": {"crop_size": [32, 64]}},
+        "eval": {"size": None},  # the tiny city's own size, not the paper's 512 x 1024
         "variants": {"contmav": None, "contmav_trufor": {"model": {"trufor": True}},
                      "contmav_synco": {"loss": {"extra": "synco"}}},
     }

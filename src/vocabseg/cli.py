@@ -544,6 +544,8 @@ def cmd_contmav_train(a: argparse.Namespace) -> None:
 
 
 def _contmav_eval_arguments(p: argparse.ArgumentParser) -> None:
+    from vocabseg.openworld.metrics import SCORE_BINS
+
     p.add_argument("--model", type=Path, required=True, help="the model file of contmav-train")
     _semantic_split_arguments(p)
     p.add_argument("--out", type=Path, required=True)
@@ -559,7 +561,13 @@ def _contmav_eval_arguments(p: argparse.ArgumentParser) -> None:
                         "pixel its nearest discovered class (1: every pixel, the paper's rule; slow)")
     p.add_argument("--max-classes", type=int, default=256,
                    help="stop discovering classes once this many exist (0: no limit)")
-    p.add_argument("--score-bins", type=int, default=None, help="histogram anomaly curves (large splits)")
+    p.add_argument("--score-bins", type=int, default=SCORE_BINS,
+                   help="bins of the streamed unknown-score histograms the AUPR / AUROC / FPR95 come from "
+                        "(16 bytes each; the metrics file states the bound on the binning error)")
+    p.add_argument("--exact-scores", action="store_true",
+                   help="keep every pixel's score for exact curves (memory grows with the split: 9+ bytes/pixel)")
+    p.add_argument("--device", default=None,
+                   help="torch device of the network (default: the job's GPU when there is one, else cpu)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--images-out", type=Path, default=None, help=".npz: per-image counts (for the bootstrap)")
     p.add_argument("--image-bins", type=int, default=1000, help="score histogram bins per image in --images-out")
@@ -590,8 +598,9 @@ def cmd_contmav_eval(a: argparse.Namespace) -> None:
         cluster=not a.no_cluster,
         cluster_stride=a.cluster_stride,
         max_classes=a.max_classes or None,
-        score_bins=a.score_bins,
+        score_bins=None if a.exact_scores else a.score_bins,
         facts=dict(_parse_fact(f) for f in a.fact),
+        device=a.device,
         images_out=a.images_out,
         image_bins=a.image_bins,
     )
@@ -604,6 +613,10 @@ def cmd_contmav_eval(a: argparse.Namespace) -> None:
         f"mIoU known {pct(results['known']['miou'])}  AUROC {pct(anomaly['auroc'])}  AUPR {pct(anomaly['aupr'])}"
         f"  FPR95 {pct(anomaly['fpr95'])}  OW mIoU {pct(ow.get('miou'))}  -> {a.out}"
     )
+    if anomaly["method"] == "binned":
+        bound = {key: "-" if v is None else f"{100 * v:.1e}" for key, v in anomaly["error_bound"].items()}
+        print(f"binned scores ({anomaly['bins']} bins): |binned - exact| <= AUROC {bound['auroc']}"
+              f"  AUPR {bound['aupr']}  FPR95 {bound['fpr95']} (points)")
 
 
 def _report_arguments(p: argparse.ArgumentParser) -> None:

@@ -462,7 +462,7 @@ OW_MODEL = OW.get("model", {"preset": "paper"})
 OW_RECIPE = OW.get("recipe", {})
 if "epochs" in OW_RECIPE and "iters" in OW_RECIPE:
     raise WorkflowError("config key openworld.recipe: give only one of epochs, iters")
-OW_EVAL = {"size": None, "cluster_stride": 4, **OW.get("eval", {})}
+OW_EVAL = {"size": [512, 1024], "cluster_stride": 4, **OW.get("eval", {})}  # the schema's defaults
 OW_BDD_VARIANT = OW.get("bdd_variant", "1+16")
 OW_ON_BDD = OW.get("dataset") == "bdd-anomaly"
 if OW_ON_BDD and not OW.get("bdd100k"):

@@ -99,11 +99,13 @@ rule contmav_eval:
     conda:
         CONDA_ENV
     threads: 1
+    # memory does not grow with the split (streamed score histograms; benchmarks/
+    # contmav_eval_memory.py); the cluster profiles give it one GPU
     resources:
         gpu=0,
         cpus_per_gpu=8,
         tasks_per_gpu=0,
-        mem_mb=32000,
+        mem_mb=16000,
         runtime=minutes_per_attempt(4 * 60),
     params:
         roots=ow_roots(OW_EVAL_SPLIT),

@@ -1,7 +1,8 @@
 """Evaluation of an exported ContMAV model on a labelled split (open-world metrics).
 
 For every image (batch 1, whole image, optionally resized to ``size`` first: the
-paper evaluates Cityscapes at 512x1024), the exported network gives the semantic
+paper evaluates at 512x1024, :data:`PAPER_EVAL_SIZE`, the workflow's default), on
+``device`` (default: the job's GPU when there is one, as the trainer picks it), the exported network gives the semantic
 logits and contrastive features; :func:`~vocabseg.openworld.inference.contmav_scores`
 turns them, with the exported MAV statistics, into the closed-world prediction, the
 unknown score ``s_unk`` (the anomaly score), the unknown mask (``s_unk > delta``) and
@@ -11,7 +12,10 @@ pixel grid of ``cluster_stride``; every unknown pixel then joins its nearest cla
 :class:`~vocabseg.openworld.metrics.OpenWorldAccumulator` gives known mIoU,
 AUPR / AUROC / FPR95 (positives: pixels of the unknown classes; void pixels are
 ignored), open-world mIoU and class similarity, written by
-:func:`~vocabseg.openworld.metrics.write_openworld_metrics`.
+:func:`~vocabseg.openworld.metrics.write_openworld_metrics`. The anomaly curves are
+streamed into fixed score histograms (:class:`~vocabseg.openworld.metrics.BinnedScores`,
+``score_bins``), so memory does not grow with the number of pixels; their guaranteed
+distance to the exact metrics is in ``anomaly.error_bound``.
 
 Label spaces: the export's known train ids are the known classes 0..K-1; the unknown
 classes are the other train ids (default) or ``unknown_train_ids``; train ids that are
@@ -21,7 +25,7 @@ motorcycle -> car, [P] §4.4) for the pairs that are unknown / known here, unles
 
 The ``run`` block of the JSON holds the given facts plus ``known_train_ids``,
 ``unknown_train_ids``, ``delta``, ``eta``, ``eval_size``, ``epochs`` (of the export),
-``variant`` and ``seconds``.
+``variant``, ``device`` and ``seconds``.
 """
 
 from __future__ import annotations
@@ -46,10 +50,15 @@ from vocabseg.openworld.train import load_contmav_export
 from vocabseg.data.labels import TRAIN_ID_TO_NAME
 from vocabseg.openworld.dataset import NUM_TRAIN_IDS, LabelSpace, SemanticDataset
 from vocabseg.errors import InputError
-from vocabseg.openworld.metrics import OpenWorldAccumulator, write_openworld_metrics
+from vocabseg.engine import distributed
+from vocabseg.openworld.metrics import SCORE_BINS, OpenWorldAccumulator, write_openworld_metrics
 from vocabseg.openworld.model import normalize_image
 
-__all__ = ["PAPER_SIMILAR_TARGETS", "discover_classes_strided", "evaluate_contmav"]
+__all__ = ["PAPER_EVAL_SIZE", "PAPER_SIMILAR_TARGETS", "discover_classes_strided", "evaluate_contmav"]
+
+#: (H, W) the paper evaluates at: images bilinear, labels nearest (facts: validation
+#: resizes to 512x1024, ``prepare_data.py``; BDD-Anomaly is laid out as Cityscapes).
+PAPER_EVAL_SIZE: tuple[int, int] = (512, 1024)
 
 #: [P] §4.4 lookup table, train ids: train -> truck, motorcycle -> car.
 PAPER_SIMILAR_TARGETS: dict[int, int] = {16: 14, 17: 13}
@@ -139,9 +148,9 @@ def evaluate_contmav(
     cluster_stride: int = 4,
     max_classes: int | None = 256,
     similar_targets: Mapping[int, int] | None = None,
-    score_bins: int | None = None,
+    score_bins: int | None = SCORE_BINS,
     facts: Mapping[str, Any] | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     images_out: Path | None = None,
     image_bins: int = 1000,
 ) -> dict:
@@ -159,8 +168,11 @@ def evaluate_contmav(
             (:func:`discover_classes_strided`); 1 = the paper's online rule on every pixel.
         max_classes: stop creating classes once this many exist (None: no limit).
         similar_targets: unknown train id -> known train id for class similarity.
-        score_bins: None = exact anomaly curves, else histogram bins (large splits).
+        score_bins: histogram bins of the streamed anomaly curves (memory 16 bytes per
+            bin); None keeps every score for the exact curves (9+ bytes per pixel).
         facts: run facts stored under ``"run"`` (e.g. approach, study).
+        device: where the network runs; None = ``cuda:LOCAL_RANK`` when CUDA is
+            available, else the CPU (:func:`vocabseg.engine.distributed.device`).
         images_out: ``.npz`` for the per-image counts the bootstrap resamples
             (:class:`~vocabseg.openworld.metrics.OpenWorldImageStats`), with
             ``image_bins`` unknown-score bins per image.
@@ -168,6 +180,7 @@ def evaluate_contmav(
     Returns the results dict (the JSON content).
     """
     started = time.perf_counter()
+    device = distributed.device() if device is None else torch.device(device)
     export = load_contmav_export(model_path)
     model = export.model.to(device)
     known = list(export.known_train_ids)
@@ -179,6 +192,8 @@ def evaluate_contmav(
         raise InputError(f"unknown train ids {overlap} are known classes of {model_path}")
     if cluster_stride < 1:
         raise InputError(f"cluster stride must be >= 1, got {cluster_stride}")
+    if score_bins is not None and score_bins < 1:
+        raise InputError(f"score bins must be >= 1, got {score_bins}")
     if any(not 0 <= t < NUM_TRAIN_IDS for t in unknown):
         raise InputError(f"unknown train ids: {unknown} must lie in 0..{NUM_TRAIN_IDS - 1}")
     dataset = SemanticDataset(image_root, label_root, known)
@@ -196,8 +211,9 @@ def evaluate_contmav(
     )
     state = None
     for index in range(len(dataset)):
-        image, ids = _resize(*dataset.raw(index), size)
-        outputs = model(normalize_image(image[None].to(device) / 255.0))
+        image, ids = dataset.raw(index)
+        image, ids = _resize(image.to(device), ids, size)
+        outputs = model(normalize_image(image[None] / 255.0))
         semantic, contrastive = outputs["semantic"].float(), outputs["contrastive"].float()
         scores = contmav_scores(semantic, contrastive, export.stats, delta=delta)
         openworld = None
@@ -225,6 +241,7 @@ def evaluate_contmav(
         eval_size=None if size is None else [int(s) for s in size],
         epochs=export.info.get("epochs"),
         variant=export.info.get("variant"),
+        device=str(device),
         seconds=round(time.perf_counter() - started, 3),
     )
     results["run"] = run
