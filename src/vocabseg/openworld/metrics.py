@@ -67,9 +67,10 @@ Streaming: :class:`BinnedScores` keeps two histograms over ``[0, 1]`` (default
 :data:`SCORE_BINS` = 2^20 bins, 16 MiB whatever the number of pixels); its metrics are
 the exact metrics of the quantised scores, and it reports a guaranteed bound on the
 difference to the exact metrics (derived in :meth:`BinnedScores.error_bound`).
-:class:`ExactScores` keeps every score (9 bytes per labelled pixel, and the sort
-needs about twice that again: 20 GB for BDD-Anomaly's test split); it is the
-reference the binned metrics are tested against.
+:class:`ExactScores` keeps every score (9 bytes per labelled pixel; with the sort,
+about 52 bytes per labelled pixel at its peak, measured by
+``benchmarks/contmav_eval_memory.py``: some 36 GB for the 0.7 billion pixels of
+BDD-Anomaly's test split); it is the reference the binned metrics are tested against.
 
 Tolerance of the binned metrics, from the bin width ``w = 1 / n_bins``. Let ``c⁺``
 (``c⁻``) be the largest fraction of the unknown (known) pixels that one bin holds,
