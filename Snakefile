@@ -36,6 +36,10 @@ include: "workflow/rules/report.smk"
 check_user_weights()  # needs every rule: a user's file must not be any rule's output
 
 
+onstart:
+    slurm_logs_per_study()
+
+
 # Every study writes its own tables under results/<study>/, so a study always runs to
 # its outputs whatever other studies left. results/table.md is a copy of the table of
 # the study last run to its end: a target without output runs on every call, so the

@@ -211,9 +211,12 @@ def test_study_runs_through_the_slurm_profile(study, slurm):
     # the training jobs asked SLURM for one GPU each (set-resources train: gpu: 1)
     for job in study.jobs:
         assert (job["gpus"] == "gres:gpu:1") == job["comment"].startswith("rule_train"), job
-    # every SLURM log was kept, under slurm-logdir
+    # every SLURM log was kept, under slurm-logdir in the study's own folder (the Snakefile's
+    # onstart puts it there), one per job id: both attempts of the killed training
     logs = list((study.workdir / "logs/slurm").rglob("*.log"))
-    assert len(logs) == len(study.jobs)
+    assert len(logs) == len(study.jobs) and all(p.is_relative_to(study.workdir / "logs/slurm/slurmtest") for p in logs)
+    killed = {p.stem for p in (study.workdir / "logs/slurm/slurmtest/rule_train/killed").glob("*.log")}
+    assert killed == {j["id"] for j in jobs_of(study, "train", "killed")} and study.killed_job in killed
     print(f"SLURM study: {len(study.jobs)} jobs in {study.seconds:.0f} s")
 
 

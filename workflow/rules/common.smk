@@ -87,6 +87,23 @@ LOGS = f"logs/{STUDY}"
 BENCH = f"benchmarks/{STUDY}"
 CONDA_ENV = "../../envs/vocabseg.yaml"
 
+
+def slurm_logs_per_study():
+    """SLURM's own job logs per study (called on start, after the executor is made).
+
+    The SLURM executor plugin writes each job's log to
+    <slurm-logdir>/rule_<rule>/<wildcards>/<jobid>.log, the same folder for every study
+    (the study is no wildcard) and reads slurm-logdir only once, when the executor is
+    made. Before the first submission this puts the study below it:
+    <slurm-logdir>/<study>/rule_<rule>/<wildcards>/<jobid>.log (one file per job id, so
+    per attempt). No-op for other executors, or when the folder already names the study.
+    """
+    executor = getattr(workflow.scheduler, "_executor", None)
+    logdir = getattr(executor, "slurm_logdir", None)
+    if isinstance(logdir, Path) and STUDY not in logdir.parts:
+        executor.slurm_logdir = logdir / STUDY
+
+
 MODEL = config["model"]
 TEXT = f"{RESULTS}/text/{MODEL['preset']}"
 # The base model: the official checkpoint, or (synthetic world) pretrained here.
