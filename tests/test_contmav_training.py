@@ -464,44 +464,57 @@ class Float64Task(ContMAVTask):
         return super().losses(model, images.double(), targets)
 
 
-def _ddp_task_and_data(city: dict[str, Path]) -> tuple[ContMAVTask, SemanticDataset]:
-    """The tiny ContMAV task (seeded weights, per-class CE weights) and its dataset."""
+def _ddp_task_and_data(city: dict[str, Path], variant: dict) -> tuple[ContMAVTask, SemanticDataset]:
+    """The tiny ContMAV task (seeded weights, per-class CE weights, ``variant``'s losses)
+    and its dataset."""
     torch.manual_seed(0)
     model = build_contmav_model({"preset": "tiny"}, len(KNOWN), SIZE)
     for name, param in model.named_parameters():
         if name.endswith(NOISE_ONLY):
             param.requires_grad_(False)
-    task = Float64Task(model.double(), torch.linspace(0.5, 1.5, len(KNOWN)), ContMAVVariant.from_dict({}), KNOWN)
+    task = Float64Task(model.double(), torch.linspace(0.5, 1.5, len(KNOWN)), ContMAVVariant.from_dict(variant), KNOWN)
     dataset = SemanticDataset(
         city["train_images"], city["train_labels"], KNOWN, augment=contmav_augment(SIZE, 1.0, 1.5)
     )
     return task, dataset
 
 
-def test_two_process_ddp_matches_one_process(city, tmp_path):
+# every loss of every variant kind: the paper's, InfoNCE between region embeddings,
+# InfoNCE with SynCo's synthetic negatives (each about 14 s: two DDP runs of 4 iterations)
+DDP_VARIANTS = {"plain": {}, "infonce": {"extra": "infonce"}, "synco": {"extra": "synco"}}
+
+
+@pytest.mark.parametrize("variant", list(DDP_VARIANTS))
+def test_two_process_ddp_matches_one_process(city, tmp_path, variant):
     """Global batch 2 on 2 gloo processes == batch 2 on one, up to float rounding.
 
     One image per process: without synchronised BatchNorm the batch statistics are
     per image, and without globally normalised losses each image's pixels weigh by
-    the size of its own shard; MAVs are summed over processes at every epoch end.
+    the size of its own shard; MAVs are summed over processes at every epoch end. The
+    InfoNCE term compares the regions of both images (gathered), SynCo with one
+    process's random draws.
     """
     reference = tmp_path / "one"
-    task, dataset = _ddp_task_and_data(city)
+    task, dataset = _ddp_task_and_data(city, DDP_VARIANTS[variant])
     with one_thread():
         train(task, dataset, TrainConfig(**DDP_CFG), **run_paths(reference))
     folder = tmp_path / "two"
-    run_ddp(SCRIPT, folder, "--data", str(city["root"]))
+    run_ddp(SCRIPT, folder, "--data", str(city["root"]), "--variant", json.dumps(DDP_VARIANTS[variant]))
     assert_ddp_matches(folder, reference, DDP_TOL, [1, 2, 3, 4])
-    assert {"loss_feat", "loss_cont"} <= set(read_metrics(reference)[-1])
+    last = read_metrics(reference)[-1]
+    assert {"loss_feat", "loss_cont"} <= set(last)
+    if variant != "plain":
+        assert last["loss_extra"] > 0  # the term is active and compares regions
 
 
 def _main() -> None:
     parser = argparse.ArgumentParser(description="train the tiny ContMAV of the DDP test")
     parser.add_argument("--dir", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True, help="the city fixture's root folder")
+    parser.add_argument("--variant", default="{}", help="the variant's loss settings (JSON)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    task, dataset = _ddp_task_and_data(city_paths(args.data))
+    task, dataset = _ddp_task_and_data(city_paths(args.data), json.loads(args.variant))
     train_and_exit(task, dataset, TrainConfig(**DDP_CFG), args.dir)
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "any_true",
     "all_mean",
     "global_normaliser",
+    "all_gather_rows",
     "sync_batchnorm",
     "broadcast_int",
     "cleanup",
@@ -166,6 +167,30 @@ class _SumOverProcesses(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         return _SumOverProcesses.apply(grad)
+
+
+def all_gather_rows(rows: torch.Tensor) -> torch.Tensor:
+    """The rows of every process, in rank order: ``[n_p, ...]`` -> ``[Σ_p n_p, ...]``.
+
+    For losses that compare items across the global batch (contrastive terms): with
+    contiguous shards of the global batch (:func:`vocabseg.engine.trainer.batch_plan`)
+    the result is the one-process batch's rows in the one-process order.
+    Differentiable: the gradient reaching this process's rows is summed over all
+    processes. So when every process computes the same loss L from the gathered rows
+    and returns it unchanged, DDP's average of the W gradients is the gradient of L,
+    as for one process holding the global batch. A collective (call it on every process,
+    with or without rows); ``rows`` itself without a process group.
+    """
+    if not is_distributed():
+        return rows
+    world, me = dist.get_world_size(), dist.get_rank()
+    sizes = torch.zeros(world, dtype=torch.int64, device=_collective_device())
+    sizes[me] = rows.shape[0]
+    dist.all_reduce(sizes)
+    counts = sizes.tolist()
+    before, after = sum(counts[:me]), sum(counts[me + 1 :])
+    padded = torch.cat([rows.new_zeros((before, *rows.shape[1:])), rows, rows.new_zeros((after, *rows.shape[1:]))])
+    return _SumOverProcesses.apply(padded)  # zeros elsewhere: the sum is each process's rows, exactly
 
 
 class _GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):

@@ -36,7 +36,14 @@ the space of the MAVs and the Gaussian score, or ``"contrastive"``). These regio
 means stand in for the seed's offline per-class bounding-box crops (one forward
 pass, no extra images). ``"synco"`` appends synthetic hard negatives
 (:class:`~vocabseg.openworld.losses.SynCoConfig`, direction ``known_to_unknown`` by
-default) from epoch ``synco_warmup_epochs`` on.
+default) from epoch ``synco_warmup_epochs`` on, drawn from a generator seeded once
+per iteration by rank 0.
+
+Under DDP the term does not depend on the number of processes: the region embeddings
+of every process are gathered (:func:`~vocabseg.engine.distributed.all_gather_rows`,
+differentiable, in the one-process order), every process computes the same InfoNCE
+over the global batch (same SynCo draws) and DDP's averaged gradient is that of one
+process holding the whole batch.
 
 Files:
 
@@ -72,6 +79,7 @@ from torch import Tensor, nn
 
 from vocabseg.openworld.inference import MavStats
 from vocabseg.openworld.dataset import NUM_TRAIN_IDS, VOID, SemanticDataset, contmav_augment
+from vocabseg.engine.distributed import all_gather_rows, broadcast_int
 from vocabseg.engine.trainer import TrainConfig, seeded_construction, stable_int, train
 from vocabseg.errors import InputError
 from vocabseg.fileio import (
@@ -319,20 +327,28 @@ class ContMAVTask:
         if self.accumulator.count.device != images.device:
             self.accumulator.to(images.device)
         self.criterion.to(images.device)
+        v = self.variant
+        # SynCo's draws: one seed per iteration, rank 0's (its RNG is seeded as a single
+        # process's), taken before the forward pass can consume random numbers
+        synco_seed = broadcast_int(int(torch.randint(0, 2**62, (1,)))) if v.extra == "synco" else None
         outputs = model(normalize_image(images / 255.0))
         self.accumulator.update(outputs["semantic"].detach().float(), labels)
         raw = self.criterion(outputs, labels, self.mavs)
         weights = self.criterion.weight_dict
         zero = outputs["semantic"].sum() * 0.0
         terms = {k: raw.get(k, zero) * w for k, w in weights.items()}
-        v = self.variant
         if v.extra != "none":
             known, known_labels, unknown = region_embeddings(
                 outputs[v.extra_features].float(), labels, self.num_classes, v.extra_grid, v.extra_min_pixels,
                 v.loss.unknown_index,
             )
+            # the global batch's regions on every process (see the module docstring)
+            known, known_labels, unknown = (all_gather_rows(t) for t in (known, known_labels, unknown))
             synco = v.synco if v.extra == "synco" and int(self.accumulator.epochs) >= v.synco_warmup_epochs else None
-            loss = known_unknown_infonce(known, unknown, known_labels, v.extra_tau, v.extra_anchors, synco)
+            generator = None if synco_seed is None else torch.Generator().manual_seed(synco_seed)
+            loss = known_unknown_infonce(
+                known, unknown, known_labels, v.extra_tau, v.extra_anchors, synco, generator=generator
+            )
             terms["loss_extra"] = v.w_extra * (loss + zero)
         return terms
 
