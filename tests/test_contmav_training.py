@@ -386,7 +386,7 @@ def test_cli_weights_train_eval_pipeline_writes_the_metric_keys(city, tmp_path, 
     assert (binned["method"], binned["bins"], run["device"]) == ("binned", SCORE_BINS, "cpu")
     assert "|binned - exact| <=" in printed
     # every score kept: the exact curves lie within the bound the binned run stated
-    assert cli_main([*eval_args, "--out", str(tmp_path / "exact.json"), "--exact-scores"]) == 0
+    assert cli_main([*eval_args, "--out", str(tmp_path / "exact.json"), "--exact-scores", "--device", "cpu"]) == 0
     exact = json.loads((tmp_path / "exact.json").read_text())["anomaly"]
     assert exact["method"] == "exact" and exact["n_unknown"] == binned["n_unknown"] > 0
     for key in ("aupr", "auroc", "fpr95"):
