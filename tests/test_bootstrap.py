@@ -209,7 +209,7 @@ def test_rows_over_different_images_are_refused(dataset):
 # --------------------------------------------------------------------------- the table
 
 
-def _row_files(tmp_path, name: str, stats: pan.PerImageStats):
+def row_files(tmp_path, name: str, stats: pan.PerImageStats):
     """Metrics JSON (by the evaluator's summarize) and per-image stats of one table row."""
     k = stats.category_ids.size
     total = pan.ImageStats(stats.iou.sum(0), stats.tp.sum(0), stats.fp.sum(0), stats.fn.sum(0),
@@ -227,7 +227,7 @@ def _row_files(tmp_path, name: str, stats: pan.PerImageStats):
     return json_path, npz_path
 
 
-def _scaled(stats: pan.PerImageStats, quality: float) -> pan.PerImageStats:
+def scaled_stats(stats: pan.PerImageStats, quality: float) -> pan.PerImageStats:
     """The same images with a share ``quality`` of the matches kept (the rest become FN + FP)."""
     tp = np.floor(stats.tp * quality).astype(np.int64)
     lost = stats.tp - tp
@@ -236,17 +236,23 @@ def _scaled(stats: pan.PerImageStats, quality: float) -> pan.PerImageStats:
         "sem_inter": np.floor(stats.sem_inter * quality).astype(np.int64)})
 
 
-def test_table_shows_intervals_and_marks_significant_paired_differences(tmp_path):
-    rng = np.random.default_rng(0)
+def table_stats(seed: int = 0, n_images: int = 60) -> pan.PerImageStats:
+    """Random per-image counts of the 19 Cityscapes classes (stuff in, things out), with
+    enough matches per image that scaled copies (:func:`scaled_stats`) differ significantly."""
+    rng = np.random.default_rng(seed)
     ids = [lb.id for lb in EVAL_LABELS]
     isthing = np.array([i in THING_IDS for i in ids])
-    base = random_stats(rng, 60, 19, isthing)
+    base = random_stats(rng, n_images, 19, isthing)
     base = pan.PerImageStats(**{**base.__dict__, "category_ids": np.array(ids), "groups": {
         "All": np.ones(19, bool), "Things": isthing, "Stuff": ~isthing, "In": ~isthing, "Out": isthing}})
-    base = pan.PerImageStats(**{**base.__dict__, "tp": base.tp + 3 * (base.sem_union > 0),
+    return pan.PerImageStats(**{**base.__dict__, "tp": base.tp + 3 * (base.sem_union > 0),
                                 "iou": base.iou + 2.4 * (base.sem_union > 0)})
-    rows = {"zeroshot": _scaled(base, 0.5), "good": base, "same": _scaled(base, 0.5)}
-    files = [_row_files(tmp_path, name, s) for name, s in rows.items()]
+
+
+def test_table_shows_intervals_and_marks_significant_paired_differences(tmp_path):
+    base = table_stats()
+    rows = {"zeroshot": scaled_stats(base, 0.5), "good": base, "same": scaled_stats(base, 0.5)}
+    files = [row_files(tmp_path, name, s) for name, s in rows.items()]
     md, table_csv = tmp_path / "t.md", tmp_path / "t.csv"
     frame = write_report([j for j, _ in files], md, table_csv, tmp_path / "b.png", "T",
                          tradeoff_png=tmp_path / "to.png", image_stats=[n for _, n in files],
@@ -317,13 +323,15 @@ def test_openworld_resamples_equal_the_accumulator_on_the_resampled_image_list()
         assert_metrics_equal(again.summarize(), resampled, b, OPENWORLD_METRICS)
 
 
-def test_openworld_stats_round_trip_and_enter_the_table(tmp_path):
-    from vocabseg.openworld.metrics import OpenWorldAccumulator, OpenWorldImageStats, write_openworld_metrics
+def openworld_row_files(tmp_path, noise_of: dict[str, float]) -> list[tuple]:
+    """(metrics JSON, per-image stats) of open-world rows on the same 12 random images,
+    row ``name`` with its unknown score blurred by uniform noise of ``noise_of[name]``."""
+    from vocabseg.openworld.metrics import OpenWorldAccumulator, write_openworld_metrics
 
     rng = np.random.default_rng(1)
     images = openworld_images(rng, 12)
     files = []
-    for name, noise in (("contmav", 0.0), ("contmav_focal", 0.5)):
+    for name, noise in noise_of.items():
         acc = OpenWorldAccumulator(3, 2, image_bins=32)
         for image in images:
             score = np.clip(image["unknown_score"] + noise * rng.random(image["gt"].shape), 0, 1)
@@ -331,6 +339,13 @@ def test_openworld_stats_round_trip_and_enter_the_table(tmp_path):
         write_openworld_metrics(acc.summarize(), tmp_path / f"{name}.json", run={"approach": name})
         acc.image_stats().save(tmp_path / f"{name}.images.npz")
         files.append((tmp_path / f"{name}.json", tmp_path / f"{name}.images.npz"))
+    return files
+
+
+def test_openworld_stats_round_trip_and_enter_the_table(tmp_path):
+    from vocabseg.openworld.metrics import OpenWorldImageStats
+
+    files = openworld_row_files(tmp_path, {"contmav": 0.0, "contmav_focal": 0.5})
     loaded = OpenWorldImageStats.load(files[0][1])
     assert loaded.n_known == 3 and loaded.open_world and loaded.score_pos.shape == (12, 32)
     md, table_csv = tmp_path / "t.md", tmp_path / "t.csv"
