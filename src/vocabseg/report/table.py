@@ -17,6 +17,11 @@ excludes 0 (:mod:`vocabseg.evaluation.bootstrap`; ``docs/uncertainty.md``). The 
 then has, for each metric column C, ``C lo`` and ``C hi`` and, for each reference r,
 ``C vs r`` (the difference on all images) with ``C vs r lo`` and ``C vs r hi``.
 
+With training replicates (rows ``a``, ``a.r1``, ... of :mod:`vocabseg.report.replicates`)
+the Markdown has one line per approach with ``mean ± std`` cells, marked where the
+paired interval excludes 0 with one sign in every replicate, and the CSV one line per
+replicate (columns ``approach``, ``replicate``, its intervals, ``C mean``, ``C std``).
+
 A second table (open-world semantic segmentation, seed 003) follows when metrics files
 of ``vocabseg contmav-eval`` are given: one row per ContMAV variant with known-class
 mIoU, AUPR, FPR95 and AUROC of the unknown score and the open-world mIoU of the
@@ -320,7 +325,7 @@ def write_report(
     openworld_references: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Write the Markdown table, the CSV, the PQ bar chart and (if a path is given)
-    the In/Out trade-off plot; return the frame. ``openworld_files`` (ContMAV metrics)
+    the In/Out trade-off plot; return the CSV's frame. ``openworld_files`` (ContMAV metrics)
     add the open-world table to the Markdown and ``<table_csv stem>_openworld.csv``.
     ``image_stats`` (one per metrics file) add bootstrap intervals and paired
     comparisons with the ``references`` rows (at most four); ``openworld_image_stats``
