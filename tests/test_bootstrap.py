@@ -35,7 +35,7 @@ SPLIT = {"in_ids": list(STUFF_IDS), "out_ids": list(THING_IDS)}
 def json_metric(results: dict, metric: str) -> float:
     """A metric of :data:`METRICS` from an evaluator result dict; None -> NaN."""
     group, key = metric.split("/")
-    value = results[group][key]
+    value = (results[group] or {}).get(key)  # a group the results lack (no class similarity): None
     return math.nan if value is None else value
 
 
@@ -298,6 +298,7 @@ def openworld_images(rng, n_images: int, k: int = 3, u: int = 2, shape=(12, 16))
             "semantic_pred": rng.integers(0, k, shape),
             "unknown_score": np.round(np.clip(rng.normal(0.3 + 0.4 * (gt >= k) * (gt != 255), 0.2), 0, 1), 2),
             "openworld_pred": np.where(rng.random(shape) < 0.3, k + rng.integers(0, 3, shape), rng.integers(0, k, shape)),
+            "similar": rng.integers(0, k, shape),  # the most similar known class of each pixel
         })
     return images
 
@@ -308,7 +309,8 @@ def test_openworld_resamples_equal_the_accumulator_on_the_resampled_image_list()
 
     rng = np.random.default_rng(6)
     images = openworld_images(rng, 6)
-    acc = OpenWorldAccumulator(3, 2, image_bins=64)
+    targets = {3: 1}  # class similarity of unknown class 3; class 4 has no target
+    acc = OpenWorldAccumulator(3, 2, image_bins=64, similar_targets=targets)
     for image in images:
         acc.update(image["gt"], **{key: v for key, v in image.items() if key != "gt"})
     stats = acc.image_stats()
@@ -316,11 +318,30 @@ def test_openworld_resamples_equal_the_accumulator_on_the_resampled_image_list()
     assert (counts > 1).any()
     resampled = resampled_metrics(stats, np.vstack([np.ones(6), counts]))
     for b, row in enumerate([np.ones(6, int), *counts.astype(int)]):
-        again = OpenWorldAccumulator(3, 2, score_bins=64)  # the binned curves of the same scores
+        again = OpenWorldAccumulator(3, 2, score_bins=64, similar_targets=targets)  # binned curves of the same scores
         for image, c in zip(images, row):
             for _ in range(c):
                 again.update(image["gt"], **{key: v for key, v in image.items() if key != "gt"})
         assert_metrics_equal(again.summarize(), resampled, b, OPENWORLD_METRICS)
+    assert not np.isnan(resampled["class_similarity/accuracy"]).any()
+
+
+def test_openworld_stats_without_class_similarity_counts_still_load(tmp_path):
+    """Files written before the class-similarity counts were kept: every other interval,
+    none for the class similarity."""
+    from vocabseg.fileio import write_npz_atomic
+    from vocabseg.openworld.metrics import OpenWorldAccumulator, OpenWorldImageStats
+
+    acc = OpenWorldAccumulator(3, 2, image_bins=16, similar_targets={3: 1})
+    for image in openworld_images(np.random.default_rng(2), 4):
+        acc.update(image["gt"], **{key: v for key, v in image.items() if key != "gt"})
+    stats = acc.image_stats()
+    assert stats.similar.shape == (4, 2, 2) and stats.similar[:, 1].sum() == 0  # no target for class 4
+    arrays = {name: getattr(stats, name) for name in ("image_ids", *OpenWorldImageStats.COUNTS) if name != "similar"}
+    write_npz_atomic({**arrays, "n_known": np.int64(3), "open_world": np.bool_(True)}, tmp_path / "old.npz")
+    old = OpenWorldImageStats.load(tmp_path / "old.npz")
+    values = resampled_metrics(old, resample_counts(4, 3, seed=0))
+    assert np.isnan(values["class_similarity/accuracy"]).all() and not np.isnan(values["known/miou"]).any()
 
 
 def openworld_row_files(tmp_path, noise_of: dict[str, float]) -> list[tuple]:
@@ -332,7 +353,7 @@ def openworld_row_files(tmp_path, noise_of: dict[str, float]) -> list[tuple]:
     images = openworld_images(rng, 12)
     files = []
     for name, noise in noise_of.items():
-        acc = OpenWorldAccumulator(3, 2, image_bins=32)
+        acc = OpenWorldAccumulator(3, 2, image_bins=32, similar_targets={3: 1, 4: 0})
         for image in images:
             score = np.clip(image["unknown_score"] + noise * rng.random(image["gt"].shape), 0, 1)
             acc.update(image["gt"], **{**{key: v for key, v in image.items() if key != "gt"}, "unknown_score": score})
@@ -355,6 +376,6 @@ def test_openworld_stats_round_trip_and_enter_the_table(tmp_path):
     text = md.read_text()
     assert "| contmav_focal |" in text and "AUROC" in text
     row = next(line for line in text.splitlines() if line.startswith("| contmav_focal |"))
-    assert row.count("[") == 5  # every metric has its interval
+    assert row.count("[") == 6  # every metric has its interval, the class similarity too
     header = next(csv.reader((tmp_path / "t_openworld.csv").open()))
-    assert {"AUROC lo", "AUROC hi", "AUROC vs contmav lo", "OW mIoU vs contmav hi"} <= set(header)
+    assert {"AUROC lo", "AUROC hi", "AUROC vs contmav lo", "OW mIoU vs contmav hi", "class sim lo"} <= set(header)

@@ -89,7 +89,7 @@ def test_replicated_openworld_table_shows_mean_and_std(tmp_path):
                  openworld_references=["contmav"], bootstrap=BootstrapSettings(resamples=100))
     text = (tmp_path / "t.md").read_text()
     row = next(line for line in text.splitlines() if line.startswith("| contmav_focal |"))
-    assert row.count(" ± ") == 5  # mIoU known, AUPR, FPR95, AUROC, OW mIoU (no class similarity here)
+    assert row.count(" ± ") == 6  # mIoU known, AUPR, FPR95, AUROC, OW mIoU, class similarity
     assert "| contmav.r1 |" not in text
     with (tmp_path / "t_openworld.csv").open() as stream:
         lines = list(csv.DictReader(stream))

@@ -24,8 +24,8 @@ replicate (columns ``approach``, ``replicate``, its intervals, ``C mean``, ``C s
 
 A second table (open-world semantic segmentation, seed 003) follows when metrics files
 of ``vocabseg contmav-eval`` are given: one row per ContMAV variant with known-class
-mIoU, AUPR, FPR95 and AUROC of the unknown score and the open-world mIoU of the
-discovered classes, x100.
+mIoU, AUPR, FPR95 and AUROC of the unknown score, the open-world mIoU of the
+discovered classes and the class-similarity accuracy, x100, each with its interval.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ METRIC_COLUMNS = {
 #: metric columns of the open-world table -> metric of the bootstrap
 OPENWORLD_COLUMNS = {
     "mIoU known": "known/miou", "AUPR": "anomaly/aupr", "FPR95": "anomaly/fpr95", "AUROC": "anomaly/auroc",
-    "OW mIoU": "open_world/miou",
+    "OW mIoU": "open_world/miou", "class sim": "class_similarity/accuracy",
 }
 #: the mark of a significant paired difference to the 1st, 2nd, ... reference row
 MARKS = ("*", "†", "‡", "§")
@@ -187,8 +187,7 @@ def replicate_cells(
     """Metric columns of a :func:`~vocabseg.report.replicates.replicate_summary` as
     Markdown cells: ``mean ± std`` for an approach with replicates, ``value [lo, hi]``
     for one with a single row, plus its marks (``{(approach, metric): marks}`` of
-    :func:`~vocabseg.report.replicates.replicate_marks`; a column whose metric is None
-    has no marks)."""
+    :func:`~vocabseg.report.replicates.replicate_marks`)."""
     cells = {}
     for column, metric in metric_columns.items():
         cells[column] = []
@@ -274,9 +273,7 @@ def _by_approach(
         f" Cells: mean ± std over the {count} training replicates (seeds) of an approach; "
         "every replicate's value and intervals are in the CSV."
     )
-    # the other value columns (the ContMAV class similarity) as mean ± std too, unmarked
-    shown = {**{column: None for column in value_columns}, **metric_columns}
-    return summary, replicate_cells(summary, marks, shown), table_csv, legend
+    return summary, replicate_cells(summary, marks, metric_columns), table_csv, legend
 
 
 def openworld_frame(metrics_files: Sequence[Path]) -> pd.DataFrame:
@@ -358,7 +355,7 @@ def write_report(
             ow_rows, openworld_image_stats, openworld_references, bootstrap, OPENWORLD_COLUMNS, OpenWorldImageStats.load
         )
         _, ow_cells, ow_csv_frame, ow_replicates_legend = _by_approach(
-            ow_rows, ow_boot, openworld_references, OPENWORLD_COLUMNS, ["class sim"]
+            ow_rows, ow_boot, openworld_references, OPENWORLD_COLUMNS
         )
         text += "\n\n" + "\n\n".join(
             [
