@@ -181,6 +181,9 @@ def test_combined_runs_start_from_the_trained_ftzs_and_lower_bound(tmp_path):
          "config key approaches.oracle.seed_row: 'nope' is not a row of the seed's table"),
         (lambda c: c["approaches"].update(x={"kind": "intersection", "in": "oracle", "out": "oracle", "overlap": "max"}),
          "config key approaches.x.overlap: 'max' is not one of"),
+        (lambda c: c["approaches"].update(x={"kind": "intersection", "in": "oracle", "out": "y"},
+                                          y={"kind": "intersection", "in": "x", "out": "oracle"}),
+         "config key approaches.x: built from itself (x -> y -> x)"),
     ],
 )
 def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, mutate, expected):

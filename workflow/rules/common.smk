@@ -344,13 +344,19 @@ def spec_of(row):
     return APPROACHES[base_and_replicate(row)[0]]
 
 
-def is_replicated(name):
+def is_replicated(name, path=()):
     """An approach trains (or is built from a trained approach): one row per replicate.
     Zero-shot, the oracle and rows built only from them have one row."""
+    if name in path:
+        raise WorkflowError(
+            f"config key approaches.{name}: built from itself ({' -> '.join((*path, name))})"
+        )
     spec = APPROACHES[name]
     if spec["kind"] in (*TRAINED, "combined"):
         return True
-    return any(is_replicated(spec[key]) for key in ("in", "out", "finetuned") if key in spec)
+    return any(
+        is_replicated(spec[key], (*path, name)) for key in ("in", "out", "finetuned") if key in spec
+    )
 
 
 def replicas(name):
