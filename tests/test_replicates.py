@@ -110,6 +110,26 @@ def _recipe_seeds(out: str, log_part: str) -> dict[str, int]:
     return seeds
 
 
+def documented_seed(seed: int, replicate: int) -> int:
+    """The training seed of replicate k >= 1 as docs/uncertainty.md states it."""
+    digest = hashlib.sha256(f"vocabseg replicate {seed} {replicate}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") >> 1
+
+
+def test_replicate_seeds_give_different_models_and_one_seed_the_same(tmp_path):
+    """The trainer (toy task of tests/test_trainer.py, 10 iterations) under the recipe
+    seeds of replicates 0 and 1 of a study with seed 0, replicate 1 twice."""
+    from test_trainer import run_inprocess
+    from trainer_helpers import assert_bitwise_equal
+
+    runs = {"r0": 0, "r1": documented_seed(0, 1), "r1 again": documented_seed(0, 1)}
+    for name, seed in runs.items():
+        run_inprocess(tmp_path / name, iters=10, seed=seed)
+    weights = {name: torch.load(tmp_path / name / "model.pt", weights_only=True) for name in runs}
+    assert_bitwise_equal(weights["r1"], weights["r1 again"])
+    assert any(not torch.equal(weights["r0"][k], weights["r1"][k]) for k in weights["r0"])
+
+
 def test_r50_study_trains_three_replicates_with_derived_seeds(tmp_path):
     """config/cityscapes-r50.yaml sets replicates: 3: each trained approach (and ContMAV
     variant) is three jobs; replicate 0 keeps the study seed and today's paths."""
@@ -125,8 +145,7 @@ def test_r50_study_trains_three_replicates_with_derived_seeds(tmp_path):
         assert f"{name}.r3" not in seeds
     assert seeds["lowerbound.r1"] == seeds["ftzs.r1"]  # a replicate is one seed across approaches
     # the documented formula (docs/uncertainty.md), so the seed of a replicate never changes
-    digest = hashlib.sha256(b"vocabseg replicate 0 2").digest()
-    assert seeds["lowerbound.r2"] == int.from_bytes(digest[:4], "little") >> 1
+    assert seeds["lowerbound.r2"] == documented_seed(0, 2)
     ow_seeds = _recipe_seeds(res.stdout, "openworld/train")
     assert ow_seeds["contmav"] == 0 and len({ow_seeds[f"contmav{s}"] for s in ("", ".r1", ".r2")}) == 3
     # rows built from trained models follow their replicate; zero-shot is shared
@@ -199,9 +218,8 @@ def test_tiny_replicated_study_runs_end_to_end(tmp_path):
         lines = list(csv.DictReader(stream))
     assert [(line["approach"], line["replicate"]) for line in lines] == [
         ("zeroshot", "0"), ("lowerbound", "0"), ("lowerbound", "1"), ("naive", "0"), ("naive", "1")]
-    # the same seed, the same model: replicate 0 is the study without replicates (same
-    # seed, same paths), whose weights tests/test_reproducibility.py shows are a function
-    # of the seed; replicate 1's seed is a fixed function of the study seed (above)
+    # replicate 0 is the study without replicates: the same jobs, commands and paths
+    # (same seed, same model: test_replicate_seeds_give_different_models_and_one_seed_the_same)
     plain = snakemake(tmp_path, "-n", "--cores", "2", "--configfile",
                       str(write_config(tmp_path / "plain.yaml", {**TINY_REPLICATED, "replicates": 1})),
                       "--", "results/tinyrep/metrics/lowerbound.json")
