@@ -6,7 +6,10 @@ Builds random but realistic per-image statistics (default 500 validation images,
 0.5-0.95, a few false positives; semantic counts of a 1024x2048 image) and times:
 
 * ours: :func:`vocabseg.evaluation.bootstrap.bootstrap_rows` with 1000 resamples and
-  3 reference rows (every metric's interval and every paired difference);
+  3 reference rows (every metric's interval and every paired difference); with
+  ``--replicates N`` every row has N training replicates (rows ``row00``,
+  ``row00.r1``, ...) and the timed call is the replicated table's
+  :func:`vocabseg.report.replicates.replicate_bootstrap` (N bootstraps of 20 rows);
 * the naive reference: per resample and row, the resampled image list summed in a
   Python loop (the evaluator's ``ImageStats`` sums) and the evaluator's ``summarize``;
   timed on a few resamples in the same run and extrapolated to all of them.
@@ -15,7 +18,7 @@ It checks that both give the same metrics on those resamples (to 1e-12) and prin
 the two times (wall and CPU: on a shared machine the CPU time is the steadier
 number) and their ratio.
 
-Usage: python benchmarks/bootstrap.py [--images N] [--rows R] [--resamples B] [--naive-resamples b]
+Usage: python benchmarks/bootstrap.py [--images N] [--rows R] [--resamples B] [--naive-resamples b] [--replicates N]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np
 from vocabseg.data.labels import EVAL_LABELS, THING_IDS
 from vocabseg.evaluation import panoptic as pan
 from vocabseg.evaluation.bootstrap import METRICS, BootstrapSettings, bootstrap_rows, resample_counts, resampled_metrics
+from vocabseg.report.replicates import replicate_bootstrap
 
 TOLERANCE = 1e-12
 SPLIT = {"in_ids": [lb.id for lb in EVAL_LABELS if lb.id not in THING_IDS], "out_ids": sorted(THING_IDS)}
@@ -73,6 +77,7 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--naive-resamples", type=int, default=3, help="resamples timed for the naive loop")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--replicates", type=int, default=1, help="training replicates of every row")
     args = parser.parse_args()
 
     rng = np.random.default_rng(args.seed)
@@ -80,8 +85,16 @@ def main() -> None:
     references = list(rows)[:3]
     settings = BootstrapSettings(resamples=args.resamples, seed=args.seed)
 
+    replicas = {
+        f"{name}.r{k}": realistic_stats(rng, args.images, rng.uniform(0.7, 1.0))
+        for name in rows for k in range(1, args.replicates)
+    }
+
     start, cpu = time.perf_counter(), time.process_time()
-    boot = bootstrap_rows(rows, references, settings)
+    if replicas:
+        boot = replicate_bootstrap({**rows, **replicas}, references, settings)
+    else:
+        boot = bootstrap_rows(rows, references, settings)
     ours, ours_cpu = time.perf_counter() - start, time.process_time() - cpu
 
     counts = resample_counts(args.images, args.resamples, args.seed)[: args.naive_resamples]
@@ -89,7 +102,7 @@ def main() -> None:
     naive = {}
     for name, stats in rows.items():
         naive[name] = [naive_metrics(stats, np.repeat(np.arange(args.images), c.astype(int))) for c in counts]
-    scale = args.resamples / args.naive_resamples
+    scale = args.resamples / args.naive_resamples * args.replicates  # the loop once per replicate
     naive_time, naive_cpu = (time.perf_counter() - start) * scale, (time.process_time() - cpu) * scale
 
     worst = 0.0
@@ -106,10 +119,10 @@ def main() -> None:
                     worst = max(worst, abs(want - got))
     assert worst <= TOLERANCE, worst
 
-    print(f"{args.images} images x {len(CATEGORIES.ids)} classes x {args.resamples} resamples x {args.rows} rows, "
-          f"{len(references)} reference rows ({len(boot)} intervals)")
+    print(f"{args.images} images x {len(CATEGORIES.ids)} classes x {args.resamples} resamples x {args.rows} rows "
+          f"x {args.replicates} replicates, {len(references)} reference rows ({len(boot)} intervals)")
     print(f"ours (matrix products): {ours:8.2f} s wall, {ours_cpu:8.2f} s CPU")
-    print(f"naive loop (extrapolated from {args.naive_resamples} resamples): {naive_time:8.1f} s wall, "
+    print(f"naive loop (extrapolated from {args.naive_resamples} resamples of the {args.rows} rows of replicate 0): {naive_time:8.1f} s wall, "
           f"{naive_cpu:8.1f} s CPU")
     print(f"speed-up: {naive_time / ours:.0f}x wall, {naive_cpu / ours_cpu:.0f}x CPU; "
           f"largest difference on the checked resamples {worst:.1e}")

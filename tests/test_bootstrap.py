@@ -35,7 +35,7 @@ SPLIT = {"in_ids": list(STUFF_IDS), "out_ids": list(THING_IDS)}
 def json_metric(results: dict, metric: str) -> float:
     """A metric of :data:`METRICS` from an evaluator result dict; None -> NaN."""
     group, key = metric.split("/")
-    value = results[group][key]
+    value = (results[group] or {}).get(key)  # a group the results lack (no class similarity): None
     return math.nan if value is None else value
 
 
@@ -209,7 +209,7 @@ def test_rows_over_different_images_are_refused(dataset):
 # --------------------------------------------------------------------------- the table
 
 
-def _row_files(tmp_path, name: str, stats: pan.PerImageStats):
+def row_files(tmp_path, name: str, stats: pan.PerImageStats):
     """Metrics JSON (by the evaluator's summarize) and per-image stats of one table row."""
     k = stats.category_ids.size
     total = pan.ImageStats(stats.iou.sum(0), stats.tp.sum(0), stats.fp.sum(0), stats.fn.sum(0),
@@ -227,7 +227,7 @@ def _row_files(tmp_path, name: str, stats: pan.PerImageStats):
     return json_path, npz_path
 
 
-def _scaled(stats: pan.PerImageStats, quality: float) -> pan.PerImageStats:
+def scaled_stats(stats: pan.PerImageStats, quality: float) -> pan.PerImageStats:
     """The same images with a share ``quality`` of the matches kept (the rest become FN + FP)."""
     tp = np.floor(stats.tp * quality).astype(np.int64)
     lost = stats.tp - tp
@@ -236,17 +236,23 @@ def _scaled(stats: pan.PerImageStats, quality: float) -> pan.PerImageStats:
         "sem_inter": np.floor(stats.sem_inter * quality).astype(np.int64)})
 
 
-def test_table_shows_intervals_and_marks_significant_paired_differences(tmp_path):
-    rng = np.random.default_rng(0)
+def table_stats(seed: int = 0, n_images: int = 60) -> pan.PerImageStats:
+    """Random per-image counts of the 19 Cityscapes classes (stuff in, things out), with
+    enough matches per image that scaled copies (:func:`scaled_stats`) differ significantly."""
+    rng = np.random.default_rng(seed)
     ids = [lb.id for lb in EVAL_LABELS]
     isthing = np.array([i in THING_IDS for i in ids])
-    base = random_stats(rng, 60, 19, isthing)
+    base = random_stats(rng, n_images, 19, isthing)
     base = pan.PerImageStats(**{**base.__dict__, "category_ids": np.array(ids), "groups": {
         "All": np.ones(19, bool), "Things": isthing, "Stuff": ~isthing, "In": ~isthing, "Out": isthing}})
-    base = pan.PerImageStats(**{**base.__dict__, "tp": base.tp + 3 * (base.sem_union > 0),
+    return pan.PerImageStats(**{**base.__dict__, "tp": base.tp + 3 * (base.sem_union > 0),
                                 "iou": base.iou + 2.4 * (base.sem_union > 0)})
-    rows = {"zeroshot": _scaled(base, 0.5), "good": base, "same": _scaled(base, 0.5)}
-    files = [_row_files(tmp_path, name, s) for name, s in rows.items()]
+
+
+def test_table_shows_intervals_and_marks_significant_paired_differences(tmp_path):
+    base = table_stats()
+    rows = {"zeroshot": scaled_stats(base, 0.5), "good": base, "same": scaled_stats(base, 0.5)}
+    files = [row_files(tmp_path, name, s) for name, s in rows.items()]
     md, table_csv = tmp_path / "t.md", tmp_path / "t.csv"
     frame = write_report([j for j, _ in files], md, table_csv, tmp_path / "b.png", "T",
                          tradeoff_png=tmp_path / "to.png", image_stats=[n for _, n in files],
@@ -292,6 +298,7 @@ def openworld_images(rng, n_images: int, k: int = 3, u: int = 2, shape=(12, 16))
             "semantic_pred": rng.integers(0, k, shape),
             "unknown_score": np.round(np.clip(rng.normal(0.3 + 0.4 * (gt >= k) * (gt != 255), 0.2), 0, 1), 2),
             "openworld_pred": np.where(rng.random(shape) < 0.3, k + rng.integers(0, 3, shape), rng.integers(0, k, shape)),
+            "similar": rng.integers(0, k, shape),  # the most similar known class of each pixel
         })
     return images
 
@@ -302,7 +309,8 @@ def test_openworld_resamples_equal_the_accumulator_on_the_resampled_image_list()
 
     rng = np.random.default_rng(6)
     images = openworld_images(rng, 6)
-    acc = OpenWorldAccumulator(3, 2, image_bins=64)
+    targets = {3: 1}  # class similarity of unknown class 3; class 4 has no target
+    acc = OpenWorldAccumulator(3, 2, image_bins=64, similar_targets=targets)
     for image in images:
         acc.update(image["gt"], **{key: v for key, v in image.items() if key != "gt"})
     stats = acc.image_stats()
@@ -310,27 +318,55 @@ def test_openworld_resamples_equal_the_accumulator_on_the_resampled_image_list()
     assert (counts > 1).any()
     resampled = resampled_metrics(stats, np.vstack([np.ones(6), counts]))
     for b, row in enumerate([np.ones(6, int), *counts.astype(int)]):
-        again = OpenWorldAccumulator(3, 2, score_bins=64)  # the binned curves of the same scores
+        again = OpenWorldAccumulator(3, 2, score_bins=64, similar_targets=targets)  # binned curves of the same scores
         for image, c in zip(images, row):
             for _ in range(c):
                 again.update(image["gt"], **{key: v for key, v in image.items() if key != "gt"})
         assert_metrics_equal(again.summarize(), resampled, b, OPENWORLD_METRICS)
+    assert not np.isnan(resampled["class_similarity/accuracy"]).any()
 
 
-def test_openworld_stats_round_trip_and_enter_the_table(tmp_path):
-    from vocabseg.openworld.metrics import OpenWorldAccumulator, OpenWorldImageStats, write_openworld_metrics
+def test_openworld_stats_without_class_similarity_counts_still_load(tmp_path):
+    """Files written before the class-similarity counts were kept: every other interval,
+    none for the class similarity."""
+    from vocabseg.fileio import write_npz_atomic
+    from vocabseg.openworld.metrics import OpenWorldAccumulator, OpenWorldImageStats
+
+    acc = OpenWorldAccumulator(3, 2, image_bins=16, similar_targets={3: 1})
+    for image in openworld_images(np.random.default_rng(2), 4):
+        acc.update(image["gt"], **{key: v for key, v in image.items() if key != "gt"})
+    stats = acc.image_stats()
+    assert stats.similar.shape == (4, 2, 2) and stats.similar[:, 1].sum() == 0  # no target for class 4
+    arrays = {name: getattr(stats, name) for name in ("image_ids", *OpenWorldImageStats.COUNTS) if name != "similar"}
+    write_npz_atomic({**arrays, "n_known": np.int64(3), "open_world": np.bool_(True)}, tmp_path / "old.npz")
+    old = OpenWorldImageStats.load(tmp_path / "old.npz")
+    values = resampled_metrics(old, resample_counts(4, 3, seed=0))
+    assert np.isnan(values["class_similarity/accuracy"]).all() and not np.isnan(values["known/miou"]).any()
+
+
+def openworld_row_files(tmp_path, noise_of: dict[str, float]) -> list[tuple]:
+    """(metrics JSON, per-image stats) of open-world rows on the same 12 random images,
+    row ``name`` with its unknown score blurred by uniform noise of ``noise_of[name]``."""
+    from vocabseg.openworld.metrics import OpenWorldAccumulator, write_openworld_metrics
 
     rng = np.random.default_rng(1)
     images = openworld_images(rng, 12)
     files = []
-    for name, noise in (("contmav", 0.0), ("contmav_focal", 0.5)):
-        acc = OpenWorldAccumulator(3, 2, image_bins=32)
+    for name, noise in noise_of.items():
+        acc = OpenWorldAccumulator(3, 2, image_bins=32, similar_targets={3: 1, 4: 0})
         for image in images:
             score = np.clip(image["unknown_score"] + noise * rng.random(image["gt"].shape), 0, 1)
             acc.update(image["gt"], **{**{key: v for key, v in image.items() if key != "gt"}, "unknown_score": score})
         write_openworld_metrics(acc.summarize(), tmp_path / f"{name}.json", run={"approach": name})
         acc.image_stats().save(tmp_path / f"{name}.images.npz")
         files.append((tmp_path / f"{name}.json", tmp_path / f"{name}.images.npz"))
+    return files
+
+
+def test_openworld_stats_round_trip_and_enter_the_table(tmp_path):
+    from vocabseg.openworld.metrics import OpenWorldImageStats
+
+    files = openworld_row_files(tmp_path, {"contmav": 0.0, "contmav_focal": 0.5})
     loaded = OpenWorldImageStats.load(files[0][1])
     assert loaded.n_known == 3 and loaded.open_world and loaded.score_pos.shape == (12, 32)
     md, table_csv = tmp_path / "t.md", tmp_path / "t.csv"
@@ -340,6 +376,6 @@ def test_openworld_stats_round_trip_and_enter_the_table(tmp_path):
     text = md.read_text()
     assert "| contmav_focal |" in text and "AUROC" in text
     row = next(line for line in text.splitlines() if line.startswith("| contmav_focal |"))
-    assert row.count("[") == 5  # every metric has its interval
+    assert row.count("[") == 6  # every metric has its interval, the class similarity too
     header = next(csv.reader((tmp_path / "t_openworld.csv").open()))
-    assert {"AUROC lo", "AUROC hi", "AUROC vs contmav lo", "OW mIoU vs contmav hi"} <= set(header)
+    assert {"AUROC lo", "AUROC hi", "AUROC vs contmav lo", "OW mIoU vs contmav hi", "class sim lo"} <= set(header)

@@ -721,7 +721,8 @@ def test_dry_run_of_the_cityscapes_study_asks_for_gpus_for_training(tmp_path):
     counts = {}
     for rule, _ in jobs:
         counts[rule] = counts.get(rule, 0) + 1
-    assert counts["train"] == 5 and counts["train_combined"] == 6 and counts["evaluate"] == 22
+    # replicates: 3 (config/cityscapes-r50.yaml): every training three times
+    assert counts["train"] == 15 and counts["train_combined"] == 18 and counts["evaluate"] == 62
     training = [res for rule, res in jobs if rule in ("train", "train_combined")]
     assert all(r["gpu"] == "1" and r["cpus_per_gpu"] == "8" for r in training)
     # what these jobs would ask PBS for (threads as the profile's set-threads makes them)

@@ -269,7 +269,7 @@ def test_dry_run_of_the_cityscapes_study_with_the_slurm_profile(tmp_path):
     by_rule: dict[str, list[dict[str, str]]] = {}
     for rule, resources in jobs:
         by_rule.setdefault(rule, []).append(resources)
-    assert len(by_rule["train"]) == 5 and len(by_rule["train_combined"]) == 6
+    assert len(by_rule["train"]) == 15 and len(by_rule["train_combined"]) == 18  # replicates: 3
     for rule in ("train", "train_combined", "predict", "predict_teacher", "contmav_train", "contmav_eval"):
         for resources in by_rule[rule]:
             assert resources["gpu"] == "1", (rule, resources)

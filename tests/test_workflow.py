@@ -56,12 +56,13 @@ def test_dry_run_of_the_cityscapes_study_plans_everything_without_network(tmp_pa
     assert jobs["report"] == 1
     assert jobs["official_weights"] == 1  # the official checkpoint is an input, not pretrained
     assert jobs["fetch_clip"] == 1  # open_clip's RN50 weights, fetched on the submit host
-    # the seed's rows: 5 single-model trainings, 6 combined runs (the two "mean" rows share
-    # one), 5 intersections (2 seed rows, 3 other overlap rules), the class-wise naive row
-    assert jobs["train"] == 5 and jobs["train_combined"] == 6 and jobs["wiseft"] == 3
-    assert jobs["predict"] == 16 and jobs["intersect"] == 5 and jobs["evaluate"] == 22
-    assert jobs["classwise"] == 1
-    assert jobs["contmav_train"] == 6 and jobs["contmav_eval"] == 6  # ContMAV 1+19
+    # the seed's rows, each trained row three times (replicates: 3): 5 single-model
+    # trainings, 6 combined runs (the two "mean" rows share one), 3 WiSE-FT, 5 intersections
+    # (2 seed rows, 3 other overlap rules), the class-wise naive row; one zero-shot, one oracle
+    assert jobs["train"] == 3 * 5 and jobs["train_combined"] == 3 * 6 and jobs["wiseft"] == 3 * 3
+    assert jobs["predict"] == 1 + 3 * 15 and jobs["intersect"] == 3 * 5 and jobs["evaluate"] == 2 + 3 * 20
+    assert jobs["classwise"] == 3
+    assert jobs["contmav_train"] == 3 * 6 and jobs["contmav_eval"] == 3 * 6  # ContMAV 1+19
     assert jobs["predict_teacher"] == 1 and jobs["pseudolabel"] == 1 and jobs["text_embeddings"] == 2
     assert "synth_city" not in jobs and "pretrain_base" not in jobs
 
@@ -191,6 +192,9 @@ def test_combined_runs_start_from_the_trained_ftzs_and_lower_bound(tmp_path):
          "config key approaches.oracle.seed_row: 'nope' is not a row of the seed's table"),
         (lambda c: c["approaches"].update(x={"kind": "intersection", "in": "oracle", "out": "oracle", "overlap": "max"}),
          "config key approaches.x.overlap: 'max' is not one of"),
+        (lambda c: c["approaches"].update(x={"kind": "intersection", "in": "oracle", "out": "y"},
+                                          y={"kind": "intersection", "in": "x", "out": "oracle"}),
+         "config key approaches.x: built from itself (x -> y -> x)"),
     ],
 )
 def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, mutate, expected):

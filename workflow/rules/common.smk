@@ -1,5 +1,6 @@
 # Config validation, path helpers and the approach registry lookups.
 import csv
+import hashlib
 import json
 import os
 import re
@@ -181,9 +182,9 @@ def check_user_weights():
 
 
 def approaches_of_kind(*kinds):
-    """Names of the configured approaches of the given kinds, as a wildcard regex."""
-    names = [name for name, spec in APPROACHES.items() if spec["kind"] in kinds]
-    return "|".join(names) if names else "(?!)"
+    """Rows (approaches and their replicates) of the given kinds, as a wildcard regex."""
+    names = [row for row in ROWS if spec_of(row)["kind"] in kinds]
+    return "|".join(re.escape(name) for name in names) if names else "(?!)"
 
 
 def final_outputs():
@@ -198,8 +199,9 @@ def final_outputs():
 
 
 def run_facts(approach):
-    """`--fact KEY=VALUE` arguments recorded in an approach's metrics JSON."""
-    spec = APPROACHES[approach]
+    """`--fact KEY=VALUE` arguments recorded in a row's metrics JSON (the approach fact
+    is the row's name: `lowerbound.r1` for a replicate, which the report groups by)."""
+    spec = spec_of(approach)
     facts = {
         "approach": approach,
         "kind": spec["kind"],
@@ -230,10 +232,11 @@ def model_json():
     return json.dumps(spec)
 
 
-def recipe_json(iters, **changes):
+def recipe_json(iters, replicate=0, **changes):
     """The training recipe of the study for `python -m vocabseg.train --recipe`.
 
-    ``changes`` replace training settings (e.g. the base model's learning rate).
+    ``replicate`` selects the seed (:func:`replicate_seed`); ``changes`` replace
+    training settings (e.g. the base model's learning rate).
     """
     t = config["training"]
     recipe = {
@@ -250,7 +253,7 @@ def recipe_json(iters, **changes):
             "num_points",
         )
     }
-    recipe.update(changes, iters=iters, seed=t.get("seed", SEED))
+    recipe.update(changes, iters=iters, seed=replicate_seed(t.get("seed", SEED), replicate))
     recipe["augment"] = {
         "crop_size": t["crop"],
         "min_scale": t["min_scale"],
@@ -322,6 +325,74 @@ def check_combined_start(name, spec):
 check_references()
 
 
+# ---- replicates (docs/uncertainty.md, "Replicates"): every trained model once per seed.
+# Replicate 0 is the study's own run under its own paths; replicate k >= 1 of approach
+# `a` is the row `a.r<k>` (results/<study>/models/a.r1/model.pt, metrics/a.r1.json, ...):
+# approach names cannot contain a dot, so the suffix is unambiguous, one wildcard
+# carries it through every rule, and raising `replicates` keeps every existing output. ----
+REPLICATES = config["replicates"]
+REPLICA_NAME = re.compile(r"^(?P<base>[^.]+)\.r(?P<replicate>[1-9][0-9]*)$")
+
+
+def replica(base, replicate):
+    """Row name of replicate `replicate` of approach (or ContMAV variant) `base`."""
+    return base if replicate == 0 else f"{base}.r{replicate}"
+
+
+def base_and_replicate(row):
+    """(approach, replicate index) of a row name: `ftzs.r2` -> (`ftzs`, 2), `ftzs` -> (`ftzs`, 0)."""
+    match = REPLICA_NAME.match(row)
+    return (match["base"], int(match["replicate"])) if match else (row, 0)
+
+
+def replicate_seed(seed, replicate):
+    """Training seed of a replicate: the study's own seed for replicate 0 (so a study
+    with `replicates: 1` is the study it was before), for k >= 1 a 31-bit number drawn
+    from sha256 of the seed and k, so that the replicates of two studies whose seeds
+    differ by one never share a seed."""
+    if replicate == 0:
+        return seed
+    digest = hashlib.sha256(f"vocabseg replicate {seed} {replicate}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") >> 1
+
+
+def spec_of(row):
+    """The config entry of a row (an approach or one of its replicates)."""
+    return APPROACHES[base_and_replicate(row)[0]]
+
+
+def is_replicated(name, path=()):
+    """An approach trains (or is built from a trained approach): one row per replicate.
+    Zero-shot, the oracle and rows built only from them have one row."""
+    if name in path:
+        raise WorkflowError(
+            f"config key approaches.{name}: built from itself ({' -> '.join((*path, name))})"
+        )
+    spec = APPROACHES[name]
+    if spec["kind"] in (*TRAINED, "combined"):
+        return True
+    return any(
+        is_replicated(spec[key], (*path, name)) for key in ("in", "out", "finetuned") if key in spec
+    )
+
+
+def replicas(name):
+    """The rows of approach `name`: its replicates, or itself alone."""
+    return [replica(name, r) for r in range(REPLICATES if is_replicated(name) else 1)]
+
+
+def built_from(row, key):
+    """The row that `row` is built from, of the approach named by its config key `key`
+    (in, out, finetuned, m1, m2): the same replicate when that approach is replicated,
+    else its one row (zero-shot is shared by every replicate)."""
+    ref = spec_of(row)[key]
+    return replica(ref, base_and_replicate(row)[1]) if is_replicated(ref) else ref
+
+
+# every row of the table, in the config's order, the replicates of an approach together
+ROWS = [row for name in APPROACHES for row in replicas(name)]
+
+
 UNCERTAINTY = config["uncertainty"]
 
 
@@ -355,20 +426,21 @@ def uncertainty_args():
     return args
 
 
-def combined_run(approach):
+def combined_run(row):
     """Name of a combined training run: what identifies it (fusion, vocabulary,
-    iterations, where the two models start). Approaches that differ only in
-    predict_with share it (and its single training job)."""
-    spec = APPROACHES[approach]
+    iterations, where the two models start; `.r<k>` for replicate k). Approaches that
+    differ only in predict_with share it (and its single training job)."""
+    spec = spec_of(row)
     start = f"{spec['m1']}+{spec['m2']}" if combined_start(spec) == "trained" else "base"
-    return f"{spec['fusion']}_{spec['vocab']}_{spec['iters']}_from_{start}"
+    run = f"{spec['fusion']}_{spec['vocab']}_{spec['iters']}_from_{start}"
+    return replica(run, base_and_replicate(row)[1])
 
 
-# run name -> the first approach of that run (its spec defines the training)
+# run name -> the first row of that run (its spec and replicate define the training)
 COMBINED_RUNS = {}
-for name in APPROACHES:
-    if APPROACHES[name]["kind"] == "combined":
-        COMBINED_RUNS.setdefault(combined_run(name), name)
+for row in ROWS:
+    if spec_of(row)["kind"] == "combined":
+        COMBINED_RUNS.setdefault(combined_run(row), row)
 
 
 def combined_run_regex():
@@ -378,11 +450,12 @@ def combined_run_regex():
 
 def combined_inputs(run):
     """Start weights, ground truth and classifiers of a combined training run."""
-    spec = APPROACHES[COMBINED_RUNS[run]]
+    row = COMBINED_RUNS[run]
+    spec = spec_of(row)
     conf, trained = spec["vocab"], combined_start(spec) == "trained"
     return {
-        "init": weights_of(spec["m1"]) if trained else BASE_WEIGHTS,
-        "init_m2": weights_of(spec["m2"]) if trained else [],
+        "init": weights_of(built_from(row, "m1")) if trained else BASE_WEIGHTS,
+        "init_m2": weights_of(built_from(row, "m2")) if trained else [],
         "text": f"{TEXT}/000.pt",
         "split": f"{RESULTS}/vocab/{conf}/split.json",
         "gt_json": f"{RESULTS}/pseudo/{conf}/train_panoptic.json",
@@ -391,8 +464,8 @@ def combined_inputs(run):
 
 
 def weights_of(approach):
-    """Final weights of a model approach (the base model for zeroshot)."""
-    kind = APPROACHES[approach]["kind"]
+    """Final weights of a model row (the base model for zeroshot)."""
+    kind = spec_of(approach)["kind"]
     if kind == "zeroshot":
         return BASE_WEIGHTS
     if kind == "combined":
@@ -405,7 +478,7 @@ def train_split_of(approach):
 
     Its in-classes join the base model's classes as "seen" in the geometric ensemble.
     """
-    spec = APPROACHES[approach]
+    spec = spec_of(approach)
     if spec["kind"] == "wiseft":
         return train_split_of(spec["finetuned"])
     return [f"{RESULTS}/vocab/{spec['vocab']}/split.json"] if "vocab" in spec else []
@@ -413,7 +486,7 @@ def train_split_of(approach):
 
 def train_inputs(approach):
     """Ground truth and text classifier of a trained approach (rule `train`)."""
-    spec = APPROACHES[approach]
+    spec = spec_of(approach)
     conf, kind = spec["vocab"], spec["kind"]
     gt = f"{RESULTS}/pseudo/{conf}" if kind == "pseudolabel" else f"{RESULTS}/vocab/{conf}"
     return {
@@ -462,7 +535,7 @@ def synth_size(city):
 
 def combined_args(approach):
     """`vocabseg predict` options of a combined approach ("" for single models)."""
-    spec = APPROACHES[approach]
+    spec = spec_of(approach)
     if spec["kind"] != "combined":
         return ""
     return f"--combined {spec['fusion']} --predict-with {spec.get('predict_with', 'fused')}"
@@ -503,10 +576,14 @@ def ow_roots(split):
     return f"--image-root {OW_IMAGES}/leftImg8bit/{split} --label-root {OW_LABELS}/gtFine/{split}"
 
 
+# every ContMAV row: each variant once per replicate (`contmav.r1`, ...), as the FC-CLIP rows
+OW_ROWS = [replica(variant, r) for variant in OW_VARIANTS for r in range(REPLICATES)]
+
+
 def ow_variant_json(variant, part):
-    """A variant's model settings (over openworld.model) or loss settings (over
+    """A variant row's model settings (over openworld.model) or loss settings (over
     openworld.loss) as JSON."""
-    spec = OW_VARIANTS[variant] or {}
+    spec = OW_VARIANTS[base_and_replicate(variant)[0]] or {}
     if part == "model":
         return json.dumps({**OW_MODEL, **spec.get("model", {})})
     return json.dumps({**OW.get("loss", {}), **spec.get("loss", {})})
@@ -527,4 +604,12 @@ def ow_facts(variant):
 
 def openworld_metrics():
     """The ContMAV metrics files of the second results table (none without `openworld`)."""
-    return [f"{OW_RESULTS}/metrics/{variant}.json" for variant in OW_VARIANTS]
+    return [f"{OW_RESULTS}/metrics/{row}.json" for row in OW_ROWS]
+
+
+def ow_recipe_json(variant):
+    """The ContMAV recipe of a variant row: the seed (an explicit openworld.recipe.seed
+    wins over the study's) of the row's replicate (:func:`replicate_seed`)."""
+    recipe = {"seed": SEED, **OW_RECIPE}
+    recipe["seed"] = replicate_seed(recipe["seed"], base_and_replicate(variant)[1])
+    return json.dumps(recipe)

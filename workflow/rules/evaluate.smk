@@ -34,11 +34,11 @@ rule evaluate:
 # its per-image counts are combined the same way, class by class.
 rule classwise:
     input:
-        in_metrics=lambda wc: f"{RESULTS}/metrics/{APPROACHES[wc.approach]['in']}.json",
-        out_metrics=lambda wc: f"{RESULTS}/metrics/{APPROACHES[wc.approach]['out']}.json",
-        in_images=lambda wc: f"{RESULTS}/metrics/{APPROACHES[wc.approach]['in']}.images.npz",
-        out_images=lambda wc: f"{RESULTS}/metrics/{APPROACHES[wc.approach]['out']}.images.npz",
-        split=lambda wc: f"{RESULTS}/vocab/{APPROACHES[wc.approach].get('vocab', EVAL_VOCAB)}/split.json",
+        in_metrics=lambda wc: f"{RESULTS}/metrics/{built_from(wc.approach, 'in')}.json",
+        out_metrics=lambda wc: f"{RESULTS}/metrics/{built_from(wc.approach, 'out')}.json",
+        in_images=lambda wc: f"{RESULTS}/metrics/{built_from(wc.approach, 'in')}.images.npz",
+        out_images=lambda wc: f"{RESULTS}/metrics/{built_from(wc.approach, 'out')}.images.npz",
+        split=lambda wc: f"{RESULTS}/vocab/{spec_of(wc.approach).get('vocab', EVAL_VOCAB)}/split.json",
     output:
         metrics=f"{RESULTS}/metrics/{{approach}}.json",
         images=f"{RESULTS}/metrics/{{approach}}.images.npz",

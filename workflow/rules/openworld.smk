@@ -56,7 +56,7 @@ rule contmav_train:
     benchmark:
         f"{BENCH}/openworld/train/{{variant}}.tsv"
     wildcard_constraints:
-        variant="|".join(OW_VARIANTS) or "(?!)",
+        variant="|".join(re.escape(row) for row in OW_ROWS) or "(?!)",
     conda:
         CONDA_ENV
     threads: 1
@@ -71,7 +71,7 @@ rule contmav_train:
         known=OW_KNOWN_ARG,
         model=lambda wc: ow_variant_json(wc.variant, "model"),
         loss=lambda wc: ow_variant_json(wc.variant, "loss"),
-        recipe=json.dumps({"seed": SEED, **OW_RECIPE}),
+        recipe=lambda wc: ow_recipe_json(wc.variant),
         state=lambda wc: f"{OW_RESULTS}/models/{wc.variant}/ckpt",
         nproc=nproc,
     shell:
@@ -95,7 +95,7 @@ rule contmav_eval:
     benchmark:
         f"{BENCH}/openworld/eval/{{variant}}.tsv"
     wildcard_constraints:
-        variant="|".join(OW_VARIANTS) or "(?!)",
+        variant="|".join(re.escape(row) for row in OW_ROWS) or "(?!)",
     conda:
         CONDA_ENV
     threads: 1

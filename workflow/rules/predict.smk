@@ -63,11 +63,11 @@ rule predict:
 
 rule intersect:
     input:
-        in_json=lambda wc: f"{RESULTS}/predictions/{APPROACHES[wc.approach]['in']}/panoptic.json",
-        in_folder=lambda wc: f"{RESULTS}/predictions/{APPROACHES[wc.approach]['in']}/panoptic",
-        out_json=lambda wc: f"{RESULTS}/predictions/{APPROACHES[wc.approach]['out']}/panoptic.json",
-        out_folder=lambda wc: f"{RESULTS}/predictions/{APPROACHES[wc.approach]['out']}/panoptic",
-        split=lambda wc: f"{RESULTS}/vocab/{APPROACHES[wc.approach].get('vocab', EVAL_VOCAB)}/split.json",
+        in_json=lambda wc: f"{RESULTS}/predictions/{built_from(wc.approach, 'in')}/panoptic.json",
+        in_folder=lambda wc: f"{RESULTS}/predictions/{built_from(wc.approach, 'in')}/panoptic",
+        out_json=lambda wc: f"{RESULTS}/predictions/{built_from(wc.approach, 'out')}/panoptic.json",
+        out_folder=lambda wc: f"{RESULTS}/predictions/{built_from(wc.approach, 'out')}/panoptic",
+        split=lambda wc: f"{RESULTS}/vocab/{spec_of(wc.approach).get('vocab', EVAL_VOCAB)}/split.json",
     output:
         json=f"{RESULTS}/predictions/{{approach}}/panoptic.json",
         folder=directory(f"{RESULTS}/predictions/{{approach}}/panoptic"),
@@ -80,7 +80,7 @@ rule intersect:
     conda:
         CONDA_ENV
     params:
-        overlap=lambda wc: APPROACHES[wc.approach].get("overlap", "in"),
+        overlap=lambda wc: spec_of(wc.approach).get("overlap", "in"),
     shell:
         "vocabseg intersect --in-json {input.in_json} --in-folder {input.in_folder}"
         " --out-json {input.out_json} --out-folder {input.out_folder} --split {input.split}"

@@ -9,8 +9,9 @@ localrules:
 
 rule report:
     input:
-        metrics=[f"{RESULTS}/metrics/{name}.json" for name in APPROACHES],
-        images=[f"{RESULTS}/metrics/{name}.images.npz" for name in APPROACHES],
+        # every row: each replicate of an approach (ftzs, ftzs.r1, ...); the report groups them
+        metrics=[f"{RESULTS}/metrics/{row}.json" for row in ROWS],
+        images=[f"{RESULTS}/metrics/{row}.images.npz" for row in ROWS],
         openworld=openworld_metrics(),
         openworld_images=[f.replace(".json", ".images.npz") for f in openworld_metrics()],
     output:

@@ -33,13 +33,16 @@ rule train:
     params:
         # FTZS is a fine-tuning on pseudo-labelled ground truth of all 19 classes
         kind=lambda wc: {"pseudolabel": "finetune"}.get(
-            APPROACHES[wc.approach]["kind"], APPROACHES[wc.approach]["kind"]
+            spec_of(wc.approach)["kind"], spec_of(wc.approach)["kind"]
         ),
         split=lambda wc, input: (
-            "" if APPROACHES[wc.approach]["kind"] == "pseudolabel" else f"--split {input.split}"
+            "" if spec_of(wc.approach)["kind"] == "pseudolabel" else f"--split {input.split}"
         ),
         model=model_json(),
-        recipe=lambda wc: recipe_json(APPROACHES[wc.approach]["iters"]),
+        # replicate k of the approach trains with its own seed (common.smk, replicate_seed)
+        recipe=lambda wc: recipe_json(
+            spec_of(wc.approach)["iters"], base_and_replicate(wc.approach)[1]
+        ),
         state=lambda wc: f"{RESULTS}/models/{wc.approach}/ckpt",
         nproc=nproc,
     shell:
@@ -74,12 +77,14 @@ rule train_combined:
         mem_mb=64000,
         runtime=minutes_per_attempt(240),
     params:
-        fusion=lambda wc: APPROACHES[COMBINED_RUNS[wc.run]]["fusion"],
+        fusion=lambda wc: spec_of(COMBINED_RUNS[wc.run])["fusion"],
         # start trained: M2 from its own file, same targets; base_in_only: M2 a copy of
         # M1 on the in-class ground truth only
         start=lambda wc, input: (f"--init-m2 {input.init_m2}" if input.init_m2 else "--m2-in-only"),
         model=model_json(),
-        recipe=lambda wc: recipe_json(APPROACHES[COMBINED_RUNS[wc.run]]["iters"]),
+        recipe=lambda wc: recipe_json(
+            spec_of(COMBINED_RUNS[wc.run])["iters"], base_and_replicate(wc.run)[1]
+        ),
         state=lambda wc: f"{RESULTS}/models/combined/{wc.run}/ckpt",
         nproc=nproc,
     shell:
@@ -94,7 +99,7 @@ rule train_combined:
 rule wiseft:
     input:
         zeroshot=BASE_WEIGHTS,
-        finetuned=lambda wc: weights_of(APPROACHES[wc.approach]["finetuned"]),
+        finetuned=lambda wc: weights_of(built_from(wc.approach, "finetuned")),
         clip=CLIP_INPUT,
     output:
         f"{RESULTS}/models/{{approach}}/model.pt",
@@ -108,7 +113,7 @@ rule wiseft:
         CONDA_ENV
     params:
         model=model_json(),
-        alpha=lambda wc: APPROACHES[wc.approach]["alpha"],
+        alpha=lambda wc: spec_of(wc.approach)["alpha"],
     shell:
         "vocabseg wiseft --model {params.model:q} --zeroshot {input.zeroshot}"
         " --finetuned {input.finetuned} --alpha {params.alpha} --out {output} > {log} 2>&1"

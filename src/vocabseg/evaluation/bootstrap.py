@@ -65,7 +65,9 @@ GROUPS = ("All", "Things", "Stuff", "In", "Out")
 #: metric names, as paths into the metrics JSON: "<group>/<pq|sq|rq>" and "semantic/miou"
 METRICS = (*(f"{g}/{k}" for g in GROUPS for k in ("pq", "sq", "rq")), "semantic/miou")
 #: open-world metric names, as paths into the ``contmav-eval`` metrics JSON
-OPENWORLD_METRICS = ("known/miou", "anomaly/aupr", "anomaly/auroc", "anomaly/fpr95", "open_world/miou")
+OPENWORLD_METRICS = (
+    "known/miou", "anomaly/aupr", "anomaly/auroc", "anomaly/fpr95", "open_world/miou", "class_similarity/accuracy",
+)
 
 
 def resample_counts(n_images: int, resamples: int, seed: int) -> np.ndarray:
@@ -161,6 +163,12 @@ def _openworld_metrics(stats: OpenWorldImageStats, counts: np.ndarray) -> dict[s
         if present:
             ow[b] = sum(present) / len(present)
     values["open_world/miou"] = ow
+    # class similarity: per unknown class hits / GT pixels, the mean over classes with pixels
+    n_unknown = stats.similar.shape[1]
+    similar = (counts @ stats.similar.reshape(n, 2 * n_unknown)).reshape(counts.shape[0], n_unknown, 2)
+    pixels, hits = similar[..., 0], similar[..., 1]
+    accuracy = np.divide(hits, pixels, out=np.zeros_like(hits), where=pixels > 0)
+    values["class_similarity/accuracy"] = _mean_over(accuracy, pixels > 0)
     return values
 
 

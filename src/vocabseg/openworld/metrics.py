@@ -400,6 +400,10 @@ class OpenWorldImageStats:
             discovered over the whole split; zeros where an image has fewer).
         gt_area: (N, K + U) int64 non-void GT pixels per class.
         open_world: whether open-world predictions were scored (else no OW mIoU).
+        similar: (N, U, 2) int64 per unknown class: its GT pixels and those whose most
+            similar known class is its target (class similarity; zeros for a class
+            without a target, (N, 0, 2) without class-similarity input or in files
+            written before it was kept).
     """
 
     image_ids: np.ndarray
@@ -411,8 +415,9 @@ class OpenWorldImageStats:
     score_neg: np.ndarray
     contingency: np.ndarray
     gt_area: np.ndarray
+    similar: np.ndarray
 
-    COUNTS = ("known_inter", "known_union", "score_pos", "score_neg", "contingency", "gt_area")
+    COUNTS = ("known_inter", "known_union", "score_pos", "score_neg", "contingency", "gt_area", "similar")
 
     def save(self, path: Path | str) -> None:
         """Write a compressed ``.npz`` (plain arrays, no pickle) atomically."""
@@ -421,9 +426,12 @@ class OpenWorldImageStats:
 
     @classmethod
     def load(cls, path: Path | str) -> OpenWorldImageStats:
-        """Read a file of :meth:`save`; a missing or damaged one is an InputError naming it."""
+        """Read a file of :meth:`save`; a missing or damaged one is an InputError naming
+        it. A file without ``similar`` (written before it was kept) has no class-similarity
+        counts: its class similarity gets no interval."""
         fields = ("image_ids", "n_known", "open_world", *cls.COUNTS)
-        arrays = read_npz(path, fields, "open-world per-image statistics")
+        arrays = read_npz(path, [f for f in fields if f != "similar"], "open-world per-image statistics")
+        arrays.setdefault("similar", np.zeros((arrays["image_ids"].size, 0, 2), np.int64))
         flags = {"n_known": int(arrays["n_known"]), "open_world": bool(arrays["open_world"])}
         return cls(**{**{f: arrays[f] for f in fields}, **flags})
 
@@ -524,14 +532,17 @@ class OpenWorldAccumulator:
             self.confusion_ow += known_confusion(ow, g, self.k)
             contingency = discovered_contingency(ow, g, self.k, self.k + self.u)
             self._add_contingency(contingency)
+        similar_counts = np.zeros((self.u, 4), np.int64)
+        if similar is not None and self.u:
+            similar_counts = self._similarity_counts(g, _numpy(similar).astype(np.int64), openworld_pred)
+            self.similar_counts += similar_counts
         if self.image_bins is not None:
             scores = BinnedScores(self.image_bins)
             scores.update(_numpy(unknown_score)[labelled], g[labelled] >= self.k)
             inter, union = intersection_union(confusion)
             self._images.append({"known_inter": inter, "known_union": union, "score_pos": scores.pos,
-                                 "score_neg": scores.neg, "contingency": contingency, "gt_area": gt_area})
-        if similar is not None and self.u:
-            self._add_similarity(g, _numpy(similar).astype(np.int64), openworld_pred)
+                                 "score_neg": scores.neg, "contingency": contingency, "gt_area": gt_area,
+                                 "similar": similar_counts[:, :2]})
 
     def image_stats(self, image_ids: Sequence[str] | None = None) -> OpenWorldImageStats:
         """The per-update counts (needs ``image_bins``); ``image_ids`` default "0", "1", ..."""
@@ -546,11 +557,13 @@ class OpenWorldAccumulator:
             return np.array([image[name] for image in self._images], dtype=np.int64).reshape(n, width)
 
         ids = [str(i) for i in range(n)] if image_ids is None else list(image_ids)
+        with_similar = self._has_similar and bool(self.targets)  # else summarize() has no class similarity
         return OpenWorldImageStats(
             image_ids=np.array(ids, dtype=str), n_known=self.k, open_world=self._has_ow,
             known_inter=stack("known_inter", self.k), known_union=stack("known_union", self.k),
             score_pos=stack("score_pos", self.image_bins), score_neg=stack("score_neg", self.image_bins),
             contingency=contingency, gt_area=stack("gt_area", c),
+            similar=stack("similar", 2 * self.u).reshape(n, self.u, 2) if with_similar else np.zeros((n, 0, 2), np.int64),
         )
 
     def _add_contingency(self, part: np.ndarray) -> None:
@@ -560,17 +573,20 @@ class OpenWorldAccumulator:
             self.contingency = grown
         self.contingency[: part.shape[0]] += part
 
-    def _add_similarity(self, g: np.ndarray, similar: np.ndarray, openworld_pred: Any | None) -> None:
+    def _similarity_counts(self, g: np.ndarray, similar: np.ndarray, openworld_pred: Any | None) -> np.ndarray:
+        """(U, 4) class-similarity counts of one update: per unknown class its GT pixels,
+        those whose most similar known class is its target, and the same two over the
+        pixels flagged unknown (zeros for a class without a target)."""
+        counts = np.zeros((self.u, 4), np.int64)
         flagged = None if openworld_pred is None else _numpy(openworld_pred) >= self.k
         for label, target in self.targets.items():
             on = g == label
             hit = on & (similar == target)
-            row = self.similar_counts[label - self.k]
-            row[0] += int(on.sum())
-            row[1] += int(hit.sum())
+            row = counts[label - self.k]
+            row[0], row[1] = int(on.sum()), int(hit.sum())
             if flagged is not None:
-                row[2] += int((on & flagged).sum())
-                row[3] += int((hit & flagged).sum())
+                row[2], row[3] = int((on & flagged).sum()), int((hit & flagged).sum())
+        return counts
 
     def summarize(self) -> dict:
         """The results dict: ``known``, ``known_openworld``, ``anomaly``, ``open_world``,
