@@ -85,6 +85,7 @@ WEB = f"{DATASET}-web"  # target-style images only the tiny CLIP sees ("the web"
 RESULTS = f"results/{STUDY}"
 LOGS = f"logs/{STUDY}"
 BENCH = f"benchmarks/{STUDY}"
+LABELS = f"{RESULTS}/labelset.json"  # the dataset's classes, passed to every command
 CONDA_ENV = "../../envs/vocabseg.yaml"
 
 MODEL = config["model"]

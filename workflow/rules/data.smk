@@ -70,3 +70,19 @@ rule prepare:
     shell:
         "vocabseg prepare --raw {input} --out {output} --splits train val --threads {threads}"
         " > {log} 2>&1"
+
+
+# The study's label set (vocabseg.data.labelset): every command that needs the
+# dataset's classes reads it (--labels).
+rule labelset:
+    output:
+        LABELS,
+    log:
+        f"{LOGS}/labelset.log",
+    benchmark:
+        f"{BENCH}/labelset.tsv"
+    localrule: True
+    conda:
+        CONDA_ENV
+    shell:
+        "vocabseg labelset --out {output} > {log} 2>&1"

@@ -38,6 +38,7 @@ if PRETRAIN_BASE:
             prepared=f"resources/{SOURCE}/prepared",
             raw=f"resources/{SOURCE}/raw",
             text=f"{TEXT}/000.pt",
+            labels=LABELS,
         output:
             BASE_WEIGHTS,
         log:
@@ -61,7 +62,7 @@ if PRETRAIN_BASE:
             nproc=nproc,
         shell:
             f"{TORCHRUN} -m vocabseg.train"
-            " --kind finetune --model {params.model:q} --text {input.text}"
+            " --kind finetune --model {params.model:q} --text {input.text} --labels {input.labels}"
             " --train-json {input.prepared}/cityscapes_panoptic_train.json"
             " --train-folder {input.prepared}/cityscapes_panoptic_train"
             " --image-root {input.raw}/leftImg8bit/train --recipe {params.recipe:q}"

@@ -3,7 +3,8 @@
 
 rule vocab_split:
     input:
-        PREPARED,
+        prepared=PREPARED,
+        labels=LABELS,
     output:
         split=f"{RESULTS}/vocab/{{conf}}/split.json",
         gt_json=f"{RESULTS}/vocab/{{conf}}/train_panoptic.json",
@@ -16,8 +17,8 @@ rule vocab_split:
         CONDA_ENV
     shell:
         "vocabseg vocab-split --conf {wildcards.conf}"
-        " --train-json {input}/cityscapes_panoptic_train.json"
-        " --train-folder {input}/cityscapes_panoptic_train"
+        " --labels {input.labels} --train-json {input.prepared}/cityscapes_panoptic_train.json"
+        " --train-folder {input.prepared}/cityscapes_panoptic_train"
         " --split-out {output.split} --gt-json-out {output.gt_json}"
         " --gt-folder-out {output.gt_folder} > {log} 2>&1"
 
@@ -26,6 +27,7 @@ rule class_frequency:
     input:
         prepared=PREPARED,
         split=f"{RESULTS}/vocab/{{conf}}/split.json",
+        labels=LABELS,
     output:
         report(
             f"{RESULTS}/vocab/{{conf}}/class_frequency.png",
@@ -42,4 +44,4 @@ rule class_frequency:
     shell:
         "vocabseg class-frequency --train-json {input.prepared}/cityscapes_panoptic_train.json"
         " --val-json {input.prepared}/cityscapes_panoptic_val.json --split {input.split}"
-        " --out {output} > {log} 2>&1"
+        " --labels {input.labels} --out {output} > {log} 2>&1"
