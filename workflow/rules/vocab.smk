@@ -1,4 +1,5 @@
-# Vocabulary configurations 000-008: split.json, filtered training ground truth, plots.
+# Vocabulary configurations (vocab_configs, or the seed's 000-008): split.json,
+# filtered training ground truth, plots.
 
 
 rule vocab_split:
@@ -15,8 +16,10 @@ rule vocab_split:
         f"{BENCH}/vocab_split/{{conf}}.tsv"
     conda:
         CONDA_ENV
+    params:
+        deleted=lambda wc: deleted_args(wc.conf),
     shell:
-        "vocabseg vocab-split --conf {wildcards.conf}"
+        "vocabseg vocab-split --conf {wildcards.conf} {params.deleted}"
         " --labels {input.labels} --train-json {input.prepared}/cityscapes_panoptic_train.json"
         " --train-folder {input.prepared}/cityscapes_panoptic_train"
         " --split-out {output.split} --gt-json-out {output.gt_json}"
