@@ -122,11 +122,10 @@ def test_only_the_label_set_builder_imports_the_cityscapes_table():
     graph = _graph()
     readers = {name for name, targets in graph.items() if "vocabseg.data.labels" in targets}
     assert readers == LABEL_TABLE_READERS
-    # FC-CLIP's Cityscapes prompt names are part of that table: read by the builder only
-    # (the model package keeps and re-exports them as upstream's file content)
+    # FC-CLIP's Cityscapes prompt names are part of that table (they live in it)
     prompt_readers = {
         name
         for name, path in _modules().items()
-        if "CITYSCAPES_CLASS_NAMES" in path.read_text() and not _in(name, ("vocabseg.models.fcclip",))
+        if "CITYSCAPES_PROMPT_ENG" in path.read_text() and name != "vocabseg.data.labels"
     }
     assert prompt_readers == LABEL_TABLE_READERS

@@ -124,6 +124,28 @@ def cmd_prepare(a: argparse.Namespace) -> None:
     print(f"prepared {', '.join(a.splits)} of {a.raw} in {a.out}")
 
 
+def _prepare_coco_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", type=Path, required=True, help="the dataset folder (dataset.coco_panoptic.root)")
+    p.add_argument("--images", default="images/{split}", help="photo folder of a split, relative to --root")
+    p.add_argument("--json", default="annotations/panoptic_{split}.json", help="panoptic JSON of a split")
+    p.add_argument("--png", default="annotations/panoptic_{split}", help="panoptic PNG folder of a split")
+    p.add_argument("--raw-out", type=Path, required=True, help="receives leftImg8bit/<split>, links to the photos")
+    p.add_argument("--out", type=Path, required=True, help="the prepared panoptic JSON and PNGs")
+    p.add_argument("--splits", nargs="+", default=["train", "val"])
+
+
+@subcommand(
+    "prepare-coco",
+    _prepare_coco_arguments,
+    help="check a COCO-panoptic dataset (every problem listed) and prepare it",
+)
+def cmd_prepare_coco(a: argparse.Namespace) -> None:
+    from vocabseg.data.coco_panoptic import CocoLayout, prepare_coco_panoptic
+
+    counts = prepare_coco_panoptic(CocoLayout(a.root, a.images, a.json, a.png), a.raw_out, a.out, tuple(a.splits))
+    print(f"prepared {a.root}: " + ", ".join(f"{split} {n} images" for split, n in counts.items()))
+
+
 def _build_bdd_anomaly_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bdd100k", type=Path, required=True, help="BDD100K folder (images/10k + labels/sem_seg/masks)")
     p.add_argument("--out", type=Path, required=True)

@@ -90,6 +90,48 @@ RESULTS = f"results/{STUDY}"
 LOGS = f"logs/{STUDY}"
 BENCH = f"benchmarks/{STUDY}"
 LABELS = f"{RESULTS}/labelset.json"  # the dataset's classes, passed to every command
+COCO = config["dataset"]["coco_panoptic"]
+
+
+def check_coco_dataset():
+    """A coco_panoptic study names a folder holding both splits' files (their content
+    is checked by the prepare_coco job, the first to run), and no ContMAV block on it:
+    ContMAV reads Cityscapes train ids."""
+    if COCO["root"] is None:
+        raise WorkflowError(
+            "config key dataset.coco_panoptic.root: the dataset folder is needed for "
+            "dataset.kind coco_panoptic (docs/datasets.md, 'Your own dataset')"
+        )
+    for split in ("train", "val"):
+        for key in ("images", "json", "png"):
+            path = Path(COCO["root"]) / COCO[key].format(split=split)
+            if not (path.is_file() if key == "json" else path.is_dir()):
+                raise WorkflowError(
+                    f"config key dataset.coco_panoptic.{key}: {path} ({split} split) not found"
+                )
+    if COCO["synonyms"] and not Path(COCO["synonyms"]).is_file():
+        raise WorkflowError(
+            f"config key dataset.coco_panoptic.synonyms: {COCO['synonyms']} not found"
+        )
+    if (config.get("openworld") or {}).get("dataset") == "study":
+        raise WorkflowError(
+            "config key openworld.dataset: ContMAV runs on Cityscapes-labelled data (the synthetic "
+            "city, Cityscapes, bdd-anomaly), not on a coco_panoptic study"
+        )
+
+
+if KIND == "coco_panoptic":
+    check_coco_dataset()
+
+
+def labelset_args():
+    """`vocabseg labelset` options: Cityscapes' table, or the prepared categories."""
+    if KIND != "coco_panoptic":
+        return ""
+    args = f"--categories {PREPARED}/cityscapes_panoptic_train.json --dataset {DATASET}"
+    return args + (f" --synonyms {shlex.quote(COCO['synonyms'])}" if COCO["synonyms"] else "")
+
+
 CONDA_ENV = "../../envs/vocabseg.yaml"
 
 MODEL = config["model"]

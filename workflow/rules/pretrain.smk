@@ -32,13 +32,31 @@ if PRETRAIN_BASE:
             " --height {params.size[height]} --width {params.size[width]} --seed {params.seed}"
             " --threads {threads} > {log} 2>&1"
 
+    # The text classifier of the source city's classes (Cityscapes', whatever the study's
+    # dataset): the base model learns them; it meets the study's own classes zero-shot.
+    rule pretrain_text:
+        input:
+            clip=CLIP_INPUT,
+        output:
+            f"{RESULTS}/pretrain/text_source.pt",
+        log:
+            f"{LOGS}/pretrain_text.log",
+        benchmark:
+            f"{BENCH}/pretrain_text.tsv"
+        priority: 10
+        conda:
+            CONDA_ENV
+        params:
+            model=model_json(),
+        shell:
+            "vocabseg text-embeddings --model {params.model:q} --out {output} > {log} 2>&1"
+
     rule pretrain_base:
         input:
             clip=CLIP_INPUT,
             prepared=f"resources/{SOURCE}/prepared",
             raw=f"resources/{SOURCE}/raw",
-            text=f"{TEXT}/000.pt",
-            labels=LABELS,
+            text=f"{RESULTS}/pretrain/text_source.pt",
         output:
             BASE_WEIGHTS,
         log:
@@ -62,7 +80,7 @@ if PRETRAIN_BASE:
             nproc=nproc,
         shell:
             f"{TORCHRUN} -m vocabseg.train"
-            " --kind finetune --model {params.model:q} --text {input.text} --labels {input.labels}"
+            " --kind finetune --model {params.model:q} --text {input.text}"
             " --train-json {input.prepared}/cityscapes_panoptic_train.json"
             " --train-folder {input.prepared}/cityscapes_panoptic_train"
             " --image-root {input.raw}/leftImg8bit/train --recipe {params.recipe:q}"

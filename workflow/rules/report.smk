@@ -35,10 +35,9 @@ rule report:
         title=config["title"],
         uncertainty=uncertainty_args(),
     shell:
-        "vocabseg report --metrics {input.metrics} --openworld {input.openworld} --table-md {output.md} --table-csv {output.csv}"
+        "vocabseg report --labels {input.labels} --metrics {input.metrics} --openworld {input.openworld} --table-md {output.md} --table-csv {output.csv}"
         " --bars {output.bars} --tradeoff {output.tradeoff} --title {params.title:q}"
-        " --images {input.images} --openworld-images {input.openworld_images} {params.uncertainty}"
-        " --labels {input.labels} > {log} 2>&1"
+        " --images {input.images} --openworld-images {input.openworld_images} {params.uncertainty} > {log} 2>&1"
 
 
 # Qualitative panels: photo, ground truth and every approach's prediction (not the

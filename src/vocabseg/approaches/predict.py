@@ -1,4 +1,4 @@
-"""Panoptic predictions of an FC-CLIP model on a Cityscapes-layout split.
+"""Panoptic predictions of an FC-CLIP model on a split (photos: :mod:`vocabseg.data.photos`).
 
 Writes the COCO-panoptic pair that :mod:`vocabseg.evaluation` (and
 cityscapesscripts) read: ``<out_folder>/<image_id>_panoptic.png`` (segment ids as
@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from vocabseg.data.labelset import LabelSet
 from vocabseg.data.panoptic_png import write_panoptic_png
+from vocabseg.data.photos import photo_path
 from vocabseg.errors import InputError
 from vocabseg.fileio import read_json, read_rgb, write_json_atomic
 from vocabseg.models.fcclip import FCCLIP, TextClassifier
@@ -35,11 +36,7 @@ def image_list(gt_json: Path, image_root: Path) -> list[tuple[str, Path]]:
     images = read_json(gt_json).get("images")
     if not isinstance(images, list):
         raise InputError(f"{gt_json}: panoptic JSON without an 'images' list")
-    out = []
-    for im in images:
-        image_id = str(im["id"])
-        out.append((image_id, Path(image_root) / image_id.split("_")[0] / f"{image_id}_leftImg8bit.png"))
-    return out
+    return [(str(im["id"]), photo_path(image_root, str(im["id"]), im)) for im in images]
 
 
 @torch.no_grad()

@@ -10,6 +10,8 @@ table); this module only derives the views the pipeline needs from it:
   order. 11 stuff classes (ids 7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23) and 8 thing
   classes (ids 24-28, 31-33).
 * ``ID_TO_TRAIN_ID``: a 256-entry lookup table from label id to train id (255 = ignore).
+* ``CITYSCAPES_PROMPT_ENG``: FC-CLIP's prompt-engineered names of the 19 classes
+  (upstream's ``cityscapes_panoptic_with_prompt_eng.txt``), by train id.
 
 Everything the pipeline writes to disk (panoptic JSON ``category_id``, ``split.json``)
 uses label **ids**, never train ids, as ``csEvalPanopticSemanticLabeling`` expects.
@@ -30,6 +32,7 @@ __all__ = [
     "THING_IDS",
     "STUFF_IDS",
     "TRAIN_ID_TO_NAME",
+    "CITYSCAPES_PROMPT_ENG",
     "ID_TO_TRAIN_ID",
 ]
 
@@ -73,3 +76,24 @@ ID_TO_TRAIN_ID = np.full(256, 255, dtype=np.uint8)
 for _lb in EVAL_LABELS:
     ID_TO_TRAIN_ID[_lb.id] = _lb.train_id
 
+# FC-CLIP's prompt-engineered Cityscapes names, "<trainId>:<syn1>,<syn2>,...".
+CITYSCAPES_PROMPT_ENG = """\
+0:road,railroad
+1:sidewalk,pavement
+2:building,buildings,edifice,edifices,house,ceiling
+3:wall,walls,brick wall,stone wall,tile wall,wood wall
+4:fence,fences
+5:pole,poles
+6:traffic light,traffic lights
+7:traffic sign,stop sign
+8:vegetation,tree,trees,palm tree,bushes
+9:terrain,river,sand,sea,snow,water,mountain,grass,dirt,rock
+10:sky,clouds
+11:person
+12:rider
+13:car,cars
+14:truck,trucks
+15:bus,buses
+16:train,trains,locomotive,locomotives,freight train
+17:motorcycle,motorcycles
+18:bicycle,bicycles,bike,bikes"""

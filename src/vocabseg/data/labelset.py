@@ -26,6 +26,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from vocabseg.data.prompts import parse_class_names
 from vocabseg.errors import InputError
 from vocabseg.fileio import read_json, write_json_atomic
 
@@ -235,8 +236,9 @@ def read_labelset(path: Path | str | None) -> LabelSet:
 
 @cache
 def _cityscapes() -> LabelSet:
-    from vocabseg.data.labels import ALL_LABELS
-    from vocabseg.models.fcclip.text import CITYSCAPES_CLASS_NAMES
+    from vocabseg.data.labels import ALL_LABELS, CITYSCAPES_PROMPT_ENG
+
+    synonyms = parse_class_names(CITYSCAPES_PROMPT_ENG, source="Cityscapes prompt names")  # by train id
 
     return LabelSet(
         "Cityscapes",
@@ -248,7 +250,7 @@ def _cityscapes() -> LabelSet:
                 evaluated=not lb.ignore_in_eval,
                 train_id=IGNORE_TRAIN_ID if lb.ignore_in_eval else lb.train_id,
                 synonyms=(
-                    (lb.name,) if lb.ignore_in_eval else tuple(CITYSCAPES_CLASS_NAMES[lb.train_id])
+                    (lb.name,) if lb.ignore_in_eval else tuple(synonyms[lb.train_id])
                 ),
                 color=lb.color,
                 supercategory=lb.category,
@@ -262,8 +264,6 @@ def labelset_from_files(dataset: str, categories_json: Path | str, synonyms_file
     """The label set of a COCO-panoptic JSON's ``categories``, with the prompt names
     of ``synonyms_file`` (lines ``<category id>:<name>,<synonym>,...``, FC-CLIP's
     format) replacing a class's default ``[name]``."""
-    from vocabseg.models.fcclip.text import parse_class_names
-
     data = read_json(categories_json)
     if not isinstance(data, dict) or "categories" not in data:
         raise InputError(f"{categories_json}: COCO-panoptic JSON without a 'categories' list")

@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from vocabseg.data.labelset import LabelSet  # noqa: E402
+from vocabseg.data.photos import photo_path  # noqa: E402
 from vocabseg.data.panoptic_png import read_panoptic_png  # noqa: E402
 from vocabseg.errors import InputError  # noqa: E402
 from vocabseg.fileio import atomic_path, read_json  # noqa: E402
@@ -232,9 +233,8 @@ def _segmentation(ann: dict, folder: Path, json_path: Path, labels: LabelSet) ->
     return read_panoptic_png(png).astype(np.int64), categories
 
 
-def _photo(image_root: Path, image_id: str) -> np.ndarray:
-    """(H, W, 3) uint8 photo ``<image_root>/<city>/<image_id>_leftImg8bit.png``."""
-    path = Path(image_root) / image_id.split("_")[0] / f"{image_id}_leftImg8bit.png"
+def _photo(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 photo at ``path``."""
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
@@ -272,7 +272,7 @@ def write_panels(
     Args:
         gt_json, gt_folder: prepared validation ground truth (COCO-panoptic JSON with
             an ``images`` list, and its PNG folder).
-        image_root: the ``leftImg8bit/<split>`` folder (``<city>/<id>_leftImg8bit.png``).
+        image_root: the ``leftImg8bit/<split>`` folder (:func:`~vocabseg.data.photos.photo_path`).
         predictions: the approaches to show, in this order.
         out_dir: created if missing.
         count: number of images, taken in the order of the JSON's ``images`` list.
@@ -305,7 +305,7 @@ def write_panels(
             if image_id not in anns:
                 raise InputError(f"{pred.json}: no prediction for image {image_id!r} ({pred.name})")
             segs.append(_segmentation(anns[image_id], pred.folder, Path(pred.json), labels))
-        photo = _photo(image_root, image_id)
+        photo = _photo(photo_path(image_root, image_id, image))
         for (ids, _), name in zip(segs, ["ground truth", *(p.name for p in predictions)]):
             if ids.shape != photo.shape[:2]:
                 raise InputError(
