@@ -34,6 +34,7 @@ if PRETRAIN_BASE:
 
     # The text classifier of the source city's classes (Cityscapes', whatever the study's
     # dataset): the base model learns them; it meets the study's own classes zero-shot.
+    # The tiny CLIP's: seconds, on the submit host.
     rule pretrain_text:
         input:
             clip=CLIP_INPUT,
@@ -44,6 +45,7 @@ if PRETRAIN_BASE:
         benchmark:
             f"{BENCH}/pretrain_text.tsv"
         priority: 10
+        localrule: True
         conda:
             CONDA_ENV
         params:
