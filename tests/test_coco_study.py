@@ -57,7 +57,7 @@ def coco_study(tmp_path) -> dict:
 
 
 def test_a_coco_panoptic_study_runs_end_to_end_on_its_own_classes(tmp_path):
-    # About 2 minutes on the 2-core development machine (23 jobs, mostly process start-up):
+    # About 2 minutes on the 2-core development machine (some 30 jobs, mostly process start-up):
     # the base model's pretraining, two trainings of 2 iterations, the teacher's
     # pseudo-labels, four predictions. The whole chain on other ids is what it is for.
     config = write_config(tmp_path / "mystudy.yaml", coco_study(tmp_path))
@@ -88,7 +88,7 @@ def test_a_coco_panoptic_study_runs_end_to_end_on_its_own_classes(tmp_path):
 
 
 def test_a_coco_panoptic_study_is_checked_before_any_job(tmp_path):
-    # About 45 s: five dry runs of the workflow and one real run of its first three jobs.
+    # About 15 s: five dry runs of the workflow and one real run of its first three jobs.
     config = coco_study(tmp_path)
     res = snakemake(tmp_path, "-n", "--configfile", str(write_config(tmp_path / "c.yaml", config)))
     assert res.returncode == 0, res.stderr[-3000:]
