@@ -78,6 +78,43 @@ def test_openworld_typos_stop_before_any_job_and_keep_the_trained_model(tmp_path
     assert not (tmp_path / "resources").exists()
 
 
+FEW = {"few": ["person", 25], "cars": ["car"]}
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"vocab_configs": FEW, "vocabularies": ["000", "008"]},
+         "config key vocabularies.1: '008' is not one of the study's vocabulary configurations (000, few, cars;"),
+        ({"vocab_configs": FEW, "vocabularies": None, "eval_vocab": "many"}, "config key eval_vocab: 'many' is not one of"),
+        ({"eval_vocab": "few"}, "config key eval_vocab: 'few' is not one of the study's vocabulary configurations (000, 001,"),
+        ({"vocab_configs": {"000": [24]}}, "config key vocab_configs.000: the full vocabulary deletes nothing; give []"),
+        ({"vocab_configs": {"a b": [24]}}, "config key vocab_configs: 'a b' does not match"),
+        ({"vocab_configs": FEW, "vocabularies": None, "eval_vocab": "few",
+          "approaches": {"lb": {"kind": "finetune", "vocab": "008", "iters": 3}}},
+         "config key approaches.lb.vocab: '008' is not one of"),
+    ],
+)
+def test_vocabulary_configurations_are_checked_naming_the_key(tmp_path, changes, expected):
+    config = {**json.loads(json.dumps(TINY)), **changes}
+    res = snakemake(tmp_path, "-n", "--configfile", str(write_config(tmp_path / "c.yaml", config)))
+    assert res.returncode != 0
+    assert expected in errors(res)
+
+
+def test_a_study_names_its_own_vocabulary_configurations(tmp_path):
+    """vocab_configs replaces the seed's 000-008: "000" and the study's own, each split
+    with the classes it names passed on to vocab-split."""
+    config = {**json.loads(json.dumps(TINY)), "vocab_configs": FEW, "eval_vocab": "few", "vocabularies": None}
+    config["approaches"] = {"lb": {"kind": "finetune", "vocab": "cars", "iters": 3}, "oracle": {"kind": "oracle"}}
+    res = snakemake(tmp_path, "-n", "-p", "--configfile", str(write_config(tmp_path / "c.yaml", config)))
+    assert res.returncode == 0, errors(res)
+    assert "vocabseg vocab-split --conf few --deleted person 25 " in res.stdout
+    assert "vocabseg vocab-split --conf cars --deleted car " in res.stdout
+    assert "vocabseg vocab-split --conf 000 --deleted " in res.stdout
+    assert "results/tiny/vocab/008" not in res.stdout
+
+
 def test_a_missing_configfile_names_the_file_on_the_last_line(tmp_path):
     missing = tmp_path / "config" / "my-study.yaml"
     res = snakemake(tmp_path, "-n", "--configfile", str(missing))

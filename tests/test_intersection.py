@@ -16,7 +16,7 @@ from vocabseg.data.panoptic_png import read_panoptic_png, write_panoptic_png
 from vocabseg.data.vocab import make_split
 from vocabseg.errors import InputError
 from vocabseg.evaluation import evaluate_panoptic
-from vocabseg.data.labels import eval_categories
+from vocabseg.data.labelset import LabelSet
 from vocabseg.evaluation.synthetic import gt_segments_info, make_prediction_ids, write_dataset
 from vocabseg.fileio import read_json
 
@@ -53,7 +53,7 @@ def write_gt(root: Path, images: dict[str, np.ndarray]) -> tuple[Path, Path]:
         name = f"{image_id}_gtFine_panoptic.png"
         write_panoptic_png(folder / name, ids)
         annotations.append({"image_id": image_id, "file_name": name, "segments_info": gt_segments_info(ids)})
-    data = {"images": [{"id": i} for i in images], "annotations": annotations, "categories": eval_categories()}
+    data = {"images": [{"id": i} for i in images], "annotations": annotations, "categories": LabelSet.cityscapes().categories()}
     (root / "gt.json").write_text(json.dumps(data))
     return root / "gt.json", folder
 

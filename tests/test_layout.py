@@ -111,3 +111,21 @@ def test_import_graph_is_acyclic():
         if node not in state:
             cycle = visit(node)
             assert cycle is None, " -> ".join(cycle)
+
+
+#: the only modules that may read the Cityscapes label table: the label-set builder
+#: (and the table's own module); every other stage gets a LabelSet (issue 15)
+LABEL_TABLE_READERS = {"vocabseg.data.labelset"}
+
+
+def test_only_the_label_set_builder_imports_the_cityscapes_table():
+    graph = _graph()
+    readers = {name for name, targets in graph.items() if "vocabseg.data.labels" in targets}
+    assert readers == LABEL_TABLE_READERS
+    # FC-CLIP's Cityscapes prompt names are part of that table (they live in it)
+    prompt_readers = {
+        name
+        for name, path in _modules().items()
+        if "CITYSCAPES_PROMPT_ENG" in path.read_text() and name != "vocabseg.data.labels"
+    }
+    assert prompt_readers == LABEL_TABLE_READERS

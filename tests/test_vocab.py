@@ -110,3 +110,36 @@ def test_corrupt_training_png_names_the_file(tmp_path):
     out.mkdir()
     with pytest.raises(InputError, match="a_gtFine_panoptic.png"):
         write_vocab_split(gt_json, folder, "008", out / "split.json", out / "t.json", out / "t")
+
+
+def test_a_study_configuration_deletes_classes_by_name_or_id(tmp_path, capsys):
+    from vocabseg.cli import main
+
+    split = make_split("few", deleted=["person", "26", 33])
+    assert split["deleted_ids"] == [24, 26, 33] and split["out_names"] == ["person", "car", "bicycle"]
+    assert split["vocab"] == "few" and len(split["in_ids"]) == 16
+    gt_json, folder, _ = _write_gt(tmp_path)
+    out = tmp_path / "few"
+    args = ["vocab-split", "--conf", "few", "--deleted", "car", "--train-json", str(gt_json),
+            "--train-folder", str(folder), "--split-out", str(out / "split.json"),
+            "--gt-json-out", str(out / "train.json"), "--gt-folder-out", str(out / "train")]
+    assert main(args) == 0
+    kept = json.loads((out / "train.json").read_text())["annotations"][0]["segments_info"]
+    assert {s["category_id"] for s in kept} == {7, 24}  # the car is void now
+    assert main([*args[:4], "--deleted", "persn", *args[5:]]) == 1
+    assert "error: config key vocab_configs.few: no evaluated class 'persn' in the Cityscapes label set" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize(
+    "deleted, expected",
+    [
+        ([24, "person"], "config key vocab_configs.x: a class is deleted twice"),
+        (list(EVAL_IDS), "config key vocab_configs.x: deletes every class"),
+        ([4], "config key vocab_configs.x: no evaluated class 4"),  # 'dynamic': not evaluated
+    ],
+)
+def test_bad_deleted_classes_name_the_key(deleted, expected):
+    with pytest.raises(InputError, match=expected):
+        make_split("x", deleted=deleted)

@@ -124,6 +124,28 @@ def cmd_prepare(a: argparse.Namespace) -> None:
     print(f"prepared {', '.join(a.splits)} of {a.raw} in {a.out}")
 
 
+def _prepare_coco_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", type=Path, required=True, help="the dataset folder (dataset.coco_panoptic.root)")
+    p.add_argument("--images", default="images/{split}", help="photo folder of a split, relative to --root")
+    p.add_argument("--json", default="annotations/panoptic_{split}.json", help="panoptic JSON of a split")
+    p.add_argument("--png", default="annotations/panoptic_{split}", help="panoptic PNG folder of a split")
+    p.add_argument("--raw-out", type=Path, required=True, help="receives leftImg8bit/<split>, links to the photos")
+    p.add_argument("--out", type=Path, required=True, help="the prepared panoptic JSON and PNGs")
+    p.add_argument("--splits", nargs="+", default=["train", "val"])
+
+
+@subcommand(
+    "prepare-coco",
+    _prepare_coco_arguments,
+    help="check a COCO-panoptic dataset (every problem listed) and prepare it",
+)
+def cmd_prepare_coco(a: argparse.Namespace) -> None:
+    from vocabseg.data.coco_panoptic import CocoLayout, prepare_coco_panoptic
+
+    counts = prepare_coco_panoptic(CocoLayout(a.root, a.images, a.json, a.png), a.raw_out, a.out, tuple(a.splits))
+    print(f"prepared {a.root}: " + ", ".join(f"{split} {n} images" for split, n in counts.items()))
+
+
 def _build_bdd_anomaly_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bdd100k", type=Path, required=True, help="BDD100K folder (images/10k + labels/sem_seg/masks)")
     p.add_argument("--out", type=Path, required=True)
@@ -143,8 +165,46 @@ def cmd_build_bdd_anomaly(a: argparse.Namespace) -> None:
     print(f"BDD-Anomaly {a.variant} in {a.out}: " + ", ".join(f"{k} {v}" for k, v in summary["images"].items()))
 
 
+def _labels_argument(p: argparse.ArgumentParser) -> None:
+    """``--labels``: the study's ``labelset.json`` (read by :func:`_labels`)."""
+    p.add_argument("--labels", type=Path, default=None,
+                   help="labelset.json of the study's dataset (vocabseg labelset; default: Cityscapes)")
+
+
+def _labels(a: argparse.Namespace):
+    from vocabseg.data.labelset import read_labelset
+
+    return read_labelset(a.labels)
+
+
+def _labelset_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, help="labelset.json to write")
+    p.add_argument("--categories", type=Path, default=None,
+                   help="COCO-panoptic JSON whose 'categories' are the classes (default: Cityscapes)")
+    p.add_argument("--synonyms", type=Path, default=None,
+                   help="prompt names per class, lines '<category id>:<name>,<synonym>,...' (with --categories)")
+    p.add_argument("--dataset", default=None, help="the dataset's name (with --categories)")
+
+
+@subcommand("labelset", _labelset_arguments, help="the study's classes (ids, names, things, synonyms) as labelset.json")
+def cmd_labelset(a: argparse.Namespace) -> None:
+    from vocabseg.data.labelset import LabelSet, labelset_from_files
+
+    if a.categories is None:
+        if a.synonyms is not None or a.dataset is not None:
+            raise InputError("--synonyms and --dataset need --categories (Cityscapes has its own)")
+        labels = LabelSet.cityscapes()
+    else:
+        labels = labelset_from_files(a.dataset or a.categories.stem, a.categories, a.synonyms)
+    labels.write(a.out)
+    print(f"{labels.dataset}: {labels.num_classes} evaluated classes ({len(labels.thing_ids)} things) -> {a.out}")
+
+
 def _vocab_split_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conf", required=True)
+    p.add_argument("--deleted", nargs="*", default=None, metavar="CLASS",
+                   help="the configuration's deleted classes, ids or names (default: the seed's 000-008)")
+    _labels_argument(p)
     p.add_argument("--train-json", type=Path, required=True)
     p.add_argument("--train-folder", type=Path, required=True)
     p.add_argument("--split-out", type=Path, required=True)
@@ -156,7 +216,10 @@ def _vocab_split_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_vocab_split(a: argparse.Namespace) -> None:
     from vocabseg.data.vocab import write_vocab_split
 
-    split = write_vocab_split(a.train_json, a.train_folder, a.conf, a.split_out, a.gt_json_out, a.gt_folder_out)
+    split = write_vocab_split(
+        a.train_json, a.train_folder, a.conf, a.split_out, a.gt_json_out, a.gt_folder_out,
+        labels=_labels(a), deleted=a.deleted,
+    )
     print(f"configuration {a.conf}: in {split['in_names']}, out {split['out_names']}")
 
 
@@ -165,6 +228,7 @@ def _class_frequency_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-json", type=Path, required=True)
     p.add_argument("--split", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
+    _labels_argument(p)
 
 
 @subcommand("class-frequency", _class_frequency_arguments, help="class-frequency histograms, in/out coloured")
@@ -172,9 +236,9 @@ def cmd_class_frequency(a: argparse.Namespace) -> None:
     from vocabseg.data.stats import class_frequencies
     from vocabseg.report.figures import plot_class_frequency
 
-    split = read_json(a.split)
-    stats = {"train": class_frequencies(a.train_json), "val": class_frequencies(a.val_json)}
-    plot_class_frequency(stats, split, a.out)
+    split, labels = read_json(a.split), _labels(a)
+    stats = {"train": class_frequencies(a.train_json, labels), "val": class_frequencies(a.val_json, labels)}
+    plot_class_frequency(stats, split, a.out, labels)
 
 
 def _pretrain_clip_arguments(p: argparse.ArgumentParser) -> None:
@@ -229,8 +293,9 @@ def cmd_fetch_url(a: argparse.Namespace) -> None:
 
 def _text_embeddings_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="the study's model block as JSON")
-    p.add_argument("--split", type=Path, default=None, help="split.json: its in-classes (default: all 19)")
+    p.add_argument("--split", type=Path, default=None, help="split.json: its in-classes (default: every class)")
     p.add_argument("--out", type=Path, required=True)
+    _labels_argument(p)
 
 
 @subcommand("text-embeddings", _text_embeddings_arguments, help="cache the text classifier of a vocabulary")
@@ -238,18 +303,19 @@ def cmd_text_embeddings(a: argparse.Namespace) -> None:
     from vocabseg.approaches.study_model import ModelSpec, build_backbone, class_names, text_classifier_for, vocab_ids
     from vocabseg.models.fcclip import save_text_classifier
 
-    ids = vocab_ids(read_json(a.split) if a.split else None)
+    labels = _labels(a)
+    ids = vocab_ids(read_json(a.split) if a.split else None, labels)
     spec = ModelSpec.from_json(a.model)
     backbone = build_backbone(spec)
-    embeddings, num_synonyms = text_classifier_for(backbone, ids)
-    save_text_classifier(a.out, embeddings, num_synonyms, class_names(ids), spec.config().clip_model)
+    embeddings, num_synonyms = text_classifier_for(backbone, ids, labels)
+    save_text_classifier(a.out, embeddings, num_synonyms, class_names(ids, labels), spec.config().clip_model)
     print(f"text classifier: {len(ids)} classes, {embeddings.shape[0]} synonyms -> {a.out}")
 
 
 def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="the study's model block as JSON")
     p.add_argument("--weights", type=Path, required=True)
-    p.add_argument("--text", type=Path, required=True, help="text classifier of all 19 classes")
+    p.add_argument("--text", type=Path, required=True, help="text classifier of every class")
     p.add_argument("--train-split", type=Path, default=None, help="split.json the model was trained on")
     p.add_argument("--gt-json", type=Path, required=True, help="prepared panoptic JSON listing the images")
     p.add_argument("--image-root", type=Path, required=True, help="leftImg8bit/<split> folder")
@@ -259,6 +325,7 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--combined", metavar="FUSION", default=None, help="--weights is a combined checkpoint")
     p.add_argument("--predict-with", choices=("fused", "m1", "m2"), default="fused", help="with --combined")
+    _labels_argument(p)
 
 
 @subcommand("predict", _predict_arguments, help="FC-CLIP panoptic predictions on a split")
@@ -272,8 +339,8 @@ def cmd_predict(a: argparse.Namespace) -> None:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    spec = ModelSpec.from_json(a.model)
-    trained_on = vocab_ids(read_json(a.train_split)) if a.train_split else []
+    spec, labels = ModelSpec.from_json(a.model), _labels(a)
+    trained_on = vocab_ids(read_json(a.train_split), labels) if a.train_split else []
     if a.combined:
         model = build_combined(spec, a.weights, fusion=a.combined, predict_with=a.predict_with)
     else:
@@ -281,12 +348,13 @@ def cmd_predict(a: argparse.Namespace) -> None:
     n = predict_panoptic(
         model,
         load_text_classifier(a.text),
-        vocab_ids(None),
-        spec.seen(trained_on),
+        vocab_ids(None, labels),
+        spec.seen(trained_on, labels),
         image_list(a.gt_json, a.image_root),
         a.out_json,
         a.out_folder,
         batch_size=a.batch_size,
+        labels=labels,
     )
     print(f"predicted {n} images")
 
@@ -316,6 +384,7 @@ def _pseudolabel_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-folder", type=Path, required=True)
     p.add_argument("--threshold", type=float, default=0.5, help="minimum teacher score of a pseudo segment")
     p.add_argument("--min-pixels", type=int, default=16, help="minimum pixels a pseudo segment keeps")
+    _labels_argument(p)
 
 
 @subcommand(
@@ -328,7 +397,7 @@ def cmd_pseudolabel(a: argparse.Namespace) -> None:
 
     stats = build_pseudo_labels(
         a.gt_json, a.gt_folder, a.teacher_json, a.teacher_folder, read_json(a.split),
-        a.out_json, a.out_folder, threshold=a.threshold, min_pixels=a.min_pixels,
+        a.out_json, a.out_folder, threshold=a.threshold, min_pixels=a.min_pixels, labels=_labels(a),
     )
     print("pseudo-labels: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
 
@@ -418,6 +487,7 @@ def _classwise_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--in-images", type=Path, default=None, help=".npz per-image counts of the in approach")
     p.add_argument("--out-images", type=Path, default=None, help=".npz per-image counts of the out approach")
     p.add_argument("--images-out", type=Path, default=None, help=".npz: their class-wise combination (for the bootstrap)")
+    _labels_argument(p)
 
 
 @subcommand(
@@ -428,9 +498,10 @@ def _classwise_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_classwise(a: argparse.Namespace) -> None:
     from vocabseg.approaches.classwise import classwise_from_files, classwise_images_from_files
 
+    labels = _labels(a)
     if a.images_out:
-        classwise_images_from_files(a.in_images, a.out_images, a.split).save(a.images_out)
-    _write_panoptic_metrics(classwise_from_files(a.in_metrics, a.out_metrics, a.split), a.fact, a.out)
+        classwise_images_from_files(a.in_images, a.out_images, a.split, labels).save(a.images_out)
+    _write_panoptic_metrics(classwise_from_files(a.in_metrics, a.out_metrics, a.split, labels), a.fact, a.out)
 
 
 def _write_panoptic_metrics(results: dict, facts: list[str], out: Path) -> None:
@@ -572,6 +643,7 @@ def _contmav_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images-out", type=Path, default=None, help=".npz: per-image counts (for the bootstrap)")
     p.add_argument("--image-bins", type=int, default=1000, help="score histogram bins per image in --images-out")
     _fact_argument(p)
+    _labels_argument(p)
 
 
 @subcommand(
@@ -603,6 +675,7 @@ def cmd_contmav_eval(a: argparse.Namespace) -> None:
         device=a.device,
         images_out=a.images_out,
         image_bins=a.image_bins,
+        labels=_labels(a),
     )
 
     def pct(value: object) -> str:
@@ -636,6 +709,7 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="bootstrap resampling seed")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
+    _labels_argument(p)
 
 
 @subcommand("report", _report_arguments, help="results table (Markdown, CSV) and PQ bar chart")
@@ -648,7 +722,7 @@ def cmd_report(a: argparse.Namespace) -> None:
         a.metrics, a.table_md, a.table_csv, a.bars, a.title, tradeoff_png=a.tradeoff, openworld_files=a.openworld,
         image_stats=a.images, references=a.references,
         openworld_image_stats=a.openworld_images, openworld_references=a.openworld_references,
-        bootstrap=BootstrapSettings(resamples=a.resamples, seed=a.seed, level=a.level),
+        bootstrap=BootstrapSettings(resamples=a.resamples, seed=a.seed, level=a.level), labels=_labels(a),
     )
     print(f"{len(frame)} rows written to {a.table_md}")
 
@@ -663,6 +737,7 @@ def _panels_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--columns", type=int, default=3, help="cells per grid row")
     p.add_argument("--max-width", type=int, default=512, help="wider images are downscaled to this width")
     p.add_argument("--out-dir", type=Path, required=True, help="receives panel_<image_id>.png")
+    _labels_argument(p)
 
 
 @subcommand("panels", _panels_arguments, help="qualitative panels: photo, ground truth and each approach's overlay")
@@ -672,7 +747,7 @@ def cmd_panels(a: argparse.Namespace) -> None:
     preds = [Prediction(name, Path(json_path), Path(folder)) for name, json_path, folder in a.pred]
     written = write_panels(
         a.gt_json, a.gt_folder, a.image_root, preds, a.out_dir,
-        count=a.count, columns=a.columns, max_width=a.max_width,
+        count=a.count, columns=a.columns, max_width=a.max_width, labels=_labels(a),
     )
     print(f"{len(written)} panels written to {a.out_dir}")
 

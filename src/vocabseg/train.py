@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="the study's model block as JSON")
     p.add_argument("--init", type=Path, default=None, help="weights to start from (the base model)")
     p.add_argument("--text", type=Path, required=True, help="cached text classifier of the training vocabulary")
-    p.add_argument("--split", type=Path, default=None, help="split.json of the training vocabulary (default: all 19)")
+    p.add_argument("--split", type=Path, default=None, help="split.json of the training vocabulary (default: every class)")
+    p.add_argument("--labels", type=Path, default=None, help="labelset.json of the study's dataset (default: Cityscapes)")
     p.add_argument("--train-json", type=Path, required=True)
     p.add_argument("--train-folder", type=Path, required=True)
     p.add_argument("--image-root", type=Path, required=True, help="leftImg8bit/<split> folder")
@@ -117,6 +118,7 @@ def run(args: argparse.Namespace) -> None:
     from vocabseg.approaches.distill import DistillTask, out_class_indices
     from vocabseg.approaches.fusion import check_fusion
     from vocabseg.approaches.finetune import FinetuneTask
+    from vocabseg.data.labelset import read_labelset
     from vocabseg.data.panoptic_dataset import PanopticTrainDataset
     from vocabseg.data.transforms import AugmentConfig, TrainAugment
     from vocabseg.engine import TrainConfig, train
@@ -134,7 +136,7 @@ def run(args: argparse.Namespace) -> None:
     split = read_json(args.split) if args.split else None
     # finetune names the split's in-classes; distill and combined name all 19 (their ground
     # truth holds in-classes only, the out-classes come from the teacher)
-    ids = vocab_ids(split if args.kind == "finetune" else None)
+    ids = vocab_ids(split if args.kind == "finetune" else None, read_labelset(args.labels))
     text = load_text_classifier(args.text)
     if len(text.num_synonyms) != len(ids):
         raise InputError(f"{args.text}: text classifier has {len(text.num_synonyms)} classes, vocabulary {len(ids)}")

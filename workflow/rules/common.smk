@@ -78,6 +78,10 @@ DATASET = config["dataset"]["name"]
 KIND = config["dataset"]["kind"]
 EVAL_VOCAB = config["eval_vocab"]
 APPROACHES = config["approaches"]
+# The seed's configurations (their classes: vocabseg.data.vocab.VOCAB_CONFIGS), the
+# default of a Cityscapes-labelled study without vocab_configs.
+SEED_VOCABS = tuple(f"{k:03d}" for k in range(9))
+VOCAB_CONFIGS = config["vocab_configs"]
 
 RAW = f"resources/{DATASET}/raw"
 PREPARED = f"resources/{DATASET}/prepared"
@@ -86,6 +90,49 @@ WEB = f"{DATASET}-web"  # target-style images only the tiny CLIP sees ("the web"
 RESULTS = f"results/{STUDY}"
 LOGS = f"logs/{STUDY}"
 BENCH = f"benchmarks/{STUDY}"
+LABELS = f"{RESULTS}/labelset.json"  # the dataset's classes, passed to every command
+COCO = config["dataset"]["coco_panoptic"]
+
+
+def check_coco_dataset():
+    """A coco_panoptic study names a folder holding both splits' files (their content
+    is checked by the prepare_coco job, the first to run), and no ContMAV block on it:
+    ContMAV reads Cityscapes train ids."""
+    if COCO["root"] is None:
+        raise WorkflowError(
+            "config key dataset.coco_panoptic.root: the dataset folder is needed for "
+            "dataset.kind coco_panoptic (docs/datasets.md, 'Your own dataset')"
+        )
+    for split in ("train", "val"):
+        for key in ("images", "json", "png"):
+            path = Path(COCO["root"]) / COCO[key].format(split=split)
+            if not (path.is_file() if key == "json" else path.is_dir()):
+                raise WorkflowError(
+                    f"config key dataset.coco_panoptic.{key}: {path} ({split} split) not found"
+                )
+    if COCO["synonyms"] and not Path(COCO["synonyms"]).is_file():
+        raise WorkflowError(
+            f"config key dataset.coco_panoptic.synonyms: {COCO['synonyms']} not found"
+        )
+    if (config.get("openworld") or {}).get("dataset") == "study":
+        raise WorkflowError(
+            "config key openworld.dataset: ContMAV runs on Cityscapes-labelled data (the synthetic "
+            "city, Cityscapes, bdd-anomaly), not on a coco_panoptic study"
+        )
+
+
+if KIND == "coco_panoptic":
+    check_coco_dataset()
+
+
+def labelset_args():
+    """`vocabseg labelset` options: Cityscapes' table, or the prepared categories."""
+    if KIND != "coco_panoptic":
+        return ""
+    args = f"--categories {PREPARED}/cityscapes_panoptic_train.json --dataset {DATASET}"
+    return args + (f" --synonyms {shlex.quote(COCO['synonyms'])}" if COCO["synonyms"] else "")
+
+
 CONDA_ENV = "../../envs/vocabseg.yaml"
 
 
@@ -143,8 +190,51 @@ if WEIGHTS_URL and PRETRAIN_BASE:
     )
 
 
+def vocab_names():
+    """The study's vocabulary configurations: "000" (nothing deleted, the vocabulary of
+    every text classifier of all classes) and vocab_configs' keys, or the seed's."""
+    if VOCAB_CONFIGS is None:
+        if KIND == "coco_panoptic":
+            raise WorkflowError(
+                "config key vocab_configs: required for dataset.kind coco_panoptic (the seed's "
+                "000-008 name Cityscapes classes), e.g. {mine: [<class name or id>, ...]}"
+            )
+        return list(SEED_VOCABS)
+    if VOCAB_CONFIGS.get("000", []) != []:
+        raise WorkflowError(
+            "config key vocab_configs.000: the full vocabulary deletes nothing; give []"
+        )
+    return ["000", *(name for name in VOCAB_CONFIGS if name != "000")]
+
+
+def check_vocab(key, name):
+    """A configuration named at config key `key` is one of the study's."""
+    if name not in VOCAB_NAMES:
+        raise WorkflowError(
+            f"config key {key}: {name!r} is not one of the study's vocabulary configurations "
+            f"({', '.join(VOCAB_NAMES)}; config key vocab_configs)"
+        )
+
+
+VOCAB_NAMES = vocab_names()
+VOCABULARIES = VOCAB_NAMES if config["vocabularies"] is None else config["vocabularies"]
+for _i, _name in enumerate(VOCABULARIES):
+    check_vocab(f"vocabularies.{_i}", _name)
+check_vocab("eval_vocab", EVAL_VOCAB)
+for _approach, _spec in APPROACHES.items():
+    if "vocab" in _spec:
+        check_vocab(f"approaches.{_approach}.vocab", _spec["vocab"])
+
+
+def deleted_args(conf):
+    """`vocabseg vocab-split --deleted` of a configuration ("" for the seed's table)."""
+    if VOCAB_CONFIGS is None:
+        return ""
+    return " ".join(["--deleted", *(shlex.quote(str(c)) for c in VOCAB_CONFIGS.get(conf, []))])
+
+
 wildcard_constraints:
-    conf="|".join(sorted(set(config["vocabularies"]) | {"000", EVAL_VOCAB})),
+    conf="|".join(re.escape(name) for name in sorted(set(VOCABULARIES) | {"000", EVAL_VOCAB})),
     city=f"{DATASET}|{SOURCE}|{WEB}",
 
 
@@ -192,7 +282,7 @@ def final_outputs():
     outputs = [f"{RESULTS}/table.md"]
     if APPROACHES:  # an open-world-only study has no panoptic predictions to show
         outputs.append(f"{RESULTS}/figures/panels")
-    for conf in config["vocabularies"]:
+    for conf in VOCABULARIES:
         outputs.append(f"{RESULTS}/vocab/{conf}/split.json")
         outputs.append(f"{RESULTS}/vocab/{conf}/class_frequency.png")
     return outputs

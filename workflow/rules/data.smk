@@ -1,7 +1,9 @@
-# Raw data (the synthetic city or the Cityscapes download) and its preparation.
+# Raw data (the synthetic city, the Cityscapes download or the user's COCO-panoptic
+# dataset) and its preparation.
 
 
-if KIND == "synthetic":
+# the study's city, or the pretraining cities of a base model pretrained here
+if KIND == "synthetic" or PRETRAIN_BASE:
 
     rule synth_city:
         output:
@@ -10,6 +12,8 @@ if KIND == "synthetic":
             "logs/{city}/synth_city.log",
         benchmark:
             "benchmarks/{city}/synth_city.tsv"
+        wildcard_constraints:
+            city=f"{DATASET}|{SOURCE}|{WEB}" if KIND == "synthetic" else f"{SOURCE}|{WEB}",
         conda:
             CONDA_ENV
         params:
@@ -20,7 +24,8 @@ if KIND == "synthetic":
             " --height {params.size[height]} --width {params.size[width]} --seed {params.size[seed]}"
             " --style {params.style} > {log} 2>&1"
 
-else:
+
+if KIND == "cityscapes":
 
     # Works in a staging folder renamed to raw/ at the end: Snakemake deletes the output
     # of a failed job, the staging folder keeps every package already verified and
@@ -52,6 +57,34 @@ else:
             " > {log} 2>&1"
 
 
+if KIND == "coco_panoptic":
+
+    # Checks every file of the user's dataset (each problem on its own line) before
+    # anything else runs, then links the photos (raw/) and the panoptic pairs (prepared/).
+    rule prepare_coco:
+        output:
+            raw=directory(RAW),
+            prepared=directory(PREPARED),
+        log:
+            f"logs/{DATASET}/prepare_coco.log",
+        benchmark:
+            f"benchmarks/{DATASET}/prepare_coco.tsv"
+        priority: 20
+        localrule: True
+        conda:
+            CONDA_ENV
+        params:
+            # a function: the paths' {split} is no wildcard
+            layout=lambda wc: " ".join(
+                f"--{key} {shlex.quote(COCO[key])}" for key in ("root", "images", "json", "png")
+            ),
+        shell:
+            "vocabseg prepare-coco {params.layout} --raw-out {output.raw} --out {output.prepared}"
+            " > {log} 2>&1"
+
+    ruleorder: prepare_coco > prepare
+
+
 rule prepare:
     input:
         "resources/{city}/raw",
@@ -70,3 +103,23 @@ rule prepare:
     shell:
         "vocabseg prepare --raw {input} --out {output} --splits train val --threads {threads}"
         " > {log} 2>&1"
+
+
+# The study's label set (vocabseg.data.labelset): every command that needs the
+# dataset's classes reads it (--labels).
+rule labelset:
+    input:
+        [PREPARED] if KIND == "coco_panoptic" else [],
+    output:
+        LABELS,
+    log:
+        f"{LOGS}/labelset.log",
+    benchmark:
+        f"{BENCH}/labelset.tsv"
+    localrule: True
+    conda:
+        CONDA_ENV
+    params:
+        args=labelset_args(),
+    shell:
+        "vocabseg labelset {params.args} --out {output} > {log} 2>&1"

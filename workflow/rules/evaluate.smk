@@ -39,6 +39,7 @@ rule classwise:
         in_images=lambda wc: f"{RESULTS}/metrics/{built_from(wc.approach, 'in')}.images.npz",
         out_images=lambda wc: f"{RESULTS}/metrics/{built_from(wc.approach, 'out')}.images.npz",
         split=lambda wc: f"{RESULTS}/vocab/{spec_of(wc.approach).get('vocab', EVAL_VOCAB)}/split.json",
+        labels=LABELS,
     output:
         metrics=f"{RESULTS}/metrics/{{approach}}.json",
         images=f"{RESULTS}/metrics/{{approach}}.images.npz",
@@ -55,4 +56,4 @@ rule classwise:
     shell:
         "vocabseg classwise --in-metrics {input.in_metrics} --out-metrics {input.out_metrics}"
         " --in-images {input.in_images} --out-images {input.out_images} --split {input.split}"
-        " {params.facts} --out {output.metrics} --images-out {output.images} > {log} 2>&1"
+        " --labels {input.labels} {params.facts} --out {output.metrics} --images-out {output.images} > {log} 2>&1"

@@ -26,6 +26,7 @@ rule predict:
         weights=lambda wc: weights_of(wc.approach),
         text=f"{TEXT}/000.pt",
         train_split=lambda wc: train_split_of(wc.approach),
+        labels=LABELS,
         prepared=PREPARED,
         raw=RAW,
         clip=CLIP_INPUT,
@@ -56,7 +57,7 @@ rule predict:
         combined=lambda wc: combined_args(wc.approach),
     shell:
         "vocabseg predict --model {params.model:q} --weights {input.weights} --text {input.text}"
-        " {params.train_split} {params.combined} --gt-json {input.prepared}/cityscapes_panoptic_val.json"
+        " {params.train_split} {params.combined} --labels {input.labels} --gt-json {input.prepared}/cityscapes_panoptic_val.json"
         " --image-root {input.raw}/leftImg8bit/val --out-json {output.json}"
         " --out-folder {output.folder} --batch-size {params.batch} --threads {threads} > {log} 2>&1"
 

@@ -32,12 +32,33 @@ if PRETRAIN_BASE:
             " --height {params.size[height]} --width {params.size[width]} --seed {params.seed}"
             " --threads {threads} > {log} 2>&1"
 
+    # The text classifier of the source city's classes (Cityscapes', whatever the study's
+    # dataset): the base model learns them; it meets the study's own classes zero-shot.
+    # The tiny CLIP's: seconds, on the submit host.
+    rule pretrain_text:
+        input:
+            clip=CLIP_INPUT,
+        output:
+            f"{RESULTS}/pretrain/text_source.pt",
+        log:
+            f"{LOGS}/pretrain_text.log",
+        benchmark:
+            f"{BENCH}/pretrain_text.tsv"
+        priority: 10
+        localrule: True
+        conda:
+            CONDA_ENV
+        params:
+            model=model_json(),
+        shell:
+            "vocabseg text-embeddings --model {params.model:q} --out {output} > {log} 2>&1"
+
     rule pretrain_base:
         input:
             clip=CLIP_INPUT,
             prepared=f"resources/{SOURCE}/prepared",
             raw=f"resources/{SOURCE}/raw",
-            text=f"{TEXT}/000.pt",
+            text=f"{RESULTS}/pretrain/text_source.pt",
         output:
             BASE_WEIGHTS,
         log:

@@ -6,6 +6,7 @@ rule predict_teacher:
     input:
         weights=BASE_WEIGHTS,
         text=f"{TEXT}/000.pt",
+        labels=LABELS,
         prepared=PREPARED,
         raw=RAW,
         clip=CLIP_INPUT,
@@ -30,7 +31,7 @@ rule predict_teacher:
         batch=config["inference"]["batch_size"],
     shell:
         "vocabseg predict --model {params.model:q} --weights {input.weights} --text {input.text}"
-        " --gt-json {input.prepared}/cityscapes_panoptic_train.json"
+        " --labels {input.labels} --gt-json {input.prepared}/cityscapes_panoptic_train.json"
         " --image-root {input.raw}/leftImg8bit/train --out-json {output.json}"
         " --out-folder {output.folder} --batch-size {params.batch} --threads {threads} > {log} 2>&1"
 
@@ -42,6 +43,7 @@ rule pseudolabel:
         teacher_json=f"{RESULTS}/pseudo/teacher/panoptic.json",
         teacher_folder=f"{RESULTS}/pseudo/teacher/panoptic",
         split=f"{RESULTS}/vocab/{{conf}}/split.json",
+        labels=LABELS,
     output:
         json=f"{RESULTS}/pseudo/{{conf}}/train_panoptic.json",
         folder=directory(f"{RESULTS}/pseudo/{{conf}}/train_panoptic"),
@@ -57,5 +59,5 @@ rule pseudolabel:
     shell:
         "vocabseg pseudolabel --gt-json {input.gt_json} --gt-folder {input.gt_folder}"
         " --teacher-json {input.teacher_json} --teacher-folder {input.teacher_folder}"
-        " --split {input.split} --out-json {output.json} --out-folder {output.folder}"
+        " --split {input.split} --labels {input.labels} --out-json {output.json} --out-folder {output.folder}"
         " --threshold {params.threshold} --min-pixels {params.min_pixels} > {log} 2>&1"

@@ -14,6 +14,7 @@ rule report:
         images=[f"{RESULTS}/metrics/{row}.images.npz" for row in ROWS],
         openworld=openworld_metrics(),
         openworld_images=[f.replace(".json", ".images.npz") for f in openworld_metrics()],
+        labels=LABELS,
     output:
         md=report(f"{RESULTS}/table.md", caption="../report/table.rst", category="Results"),
         csv=f"{RESULTS}/table.csv",
@@ -35,7 +36,7 @@ rule report:
         title=config["title"],
         uncertainty=uncertainty_args(),
     shell:
-        "vocabseg report --metrics {input.metrics} --openworld {input.openworld} --table-md {output.md} --table-csv {output.csv}"
+        "vocabseg report --labels {input.labels} --metrics {input.metrics} --openworld {input.openworld} --table-md {output.md} --table-csv {output.csv}"
         " --bars {output.bars} --tradeoff {output.tradeoff} --title {params.title:q}"
         " --images {input.images} --openworld-images {input.openworld_images} {params.uncertainty} > {log} 2>&1"
 
@@ -54,6 +55,7 @@ rule panels:
     input:
         prepared=PREPARED,
         raw=RAW,
+        labels=LABELS,
         preds=[f"{RESULTS}/predictions/{name}/panoptic.json" for name in PANEL_APPROACHES],
     output:
         report(
@@ -76,4 +78,4 @@ rule panels:
     shell:
         "vocabseg panels --gt-json {input.prepared}/cityscapes_panoptic_val.json"
         " --gt-folder {input.prepared}/cityscapes_panoptic_val --image-root {input.raw}/leftImg8bit/val"
-        " {params.preds} --count 3 --out-dir {output} > {log} 2>&1"
+        " {params.preds} --labels {input.labels} --count 3 --out-dir {output} > {log} 2>&1"

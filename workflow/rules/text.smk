@@ -5,6 +5,7 @@ rule text_embeddings:
     input:
         clip=CLIP_INPUT,
         split=f"{RESULTS}/vocab/{{conf}}/split.json",
+        labels=LABELS,
     output:
         f"{TEXT}/{{conf}}.pt",
     log:
@@ -16,5 +17,6 @@ rule text_embeddings:
     params:
         model=model_json(),
     shell:
-        "vocabseg text-embeddings --model {params.model:q} --split {input.split} --out {output}"
+        "vocabseg text-embeddings --model {params.model:q} --split {input.split}"
+        " --labels {input.labels} --out {output}"
         " > {log} 2>&1"

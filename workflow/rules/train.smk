@@ -11,6 +11,7 @@ rule train:
     input:
         unpack(lambda wc: train_inputs(wc.approach)),
         init=BASE_WEIGHTS,
+        labels=LABELS,
         raw=RAW,
         clip=CLIP_INPUT,
     output:
@@ -48,6 +49,7 @@ rule train:
     shell:
         f"{TORCHRUN} -m vocabseg.train"
         " --kind {params.kind} --model {params.model:q} --init {input.init} --text {input.text}"
+        " --labels {input.labels}"
         " {params.split} --train-json {input.gt_json} --train-folder {input.gt_folder}"
         " --image-root {input.raw}/leftImg8bit/train --recipe {params.recipe:q}"
         " --out {output} --state-dir {params.state} --metrics-log {params.state}/metrics.jsonl"
@@ -58,6 +60,7 @@ rule train_combined:
     input:
         unpack(lambda wc: combined_inputs(wc.run)),
         raw=RAW,
+        labels=LABELS,
         clip=CLIP_INPUT,
     output:
         f"{RESULTS}/models/combined/{{run}}/model.pt",
@@ -90,7 +93,8 @@ rule train_combined:
     shell:
         f"{TORCHRUN} -m vocabseg.train"
         " --kind combined --fusion {params.fusion} --model {params.model:q} --init {input.init}"
-        " {params.start} --text {input.text} --split {input.split} --train-json {input.gt_json}"
+        " {params.start} --text {input.text} --labels {input.labels} --split {input.split}"
+        " --train-json {input.gt_json}"
         " --train-folder {input.gt_folder} --image-root {input.raw}/leftImg8bit/train"
         " --recipe {params.recipe:q} --out {output} --state-dir {params.state}"
         " --metrics-log {params.state}/metrics.jsonl --threads {threads}"

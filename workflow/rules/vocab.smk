@@ -1,9 +1,11 @@
-# Vocabulary configurations 000-008: split.json, filtered training ground truth, plots.
+# Vocabulary configurations (vocab_configs, or the seed's 000-008): split.json,
+# filtered training ground truth, plots.
 
 
 rule vocab_split:
     input:
-        PREPARED,
+        prepared=PREPARED,
+        labels=LABELS,
     output:
         split=f"{RESULTS}/vocab/{{conf}}/split.json",
         gt_json=f"{RESULTS}/vocab/{{conf}}/train_panoptic.json",
@@ -14,10 +16,12 @@ rule vocab_split:
         f"{BENCH}/vocab_split/{{conf}}.tsv"
     conda:
         CONDA_ENV
+    params:
+        deleted=lambda wc: deleted_args(wc.conf),
     shell:
-        "vocabseg vocab-split --conf {wildcards.conf}"
-        " --train-json {input}/cityscapes_panoptic_train.json"
-        " --train-folder {input}/cityscapes_panoptic_train"
+        "vocabseg vocab-split --conf {wildcards.conf} {params.deleted}"
+        " --labels {input.labels} --train-json {input.prepared}/cityscapes_panoptic_train.json"
+        " --train-folder {input.prepared}/cityscapes_panoptic_train"
         " --split-out {output.split} --gt-json-out {output.gt_json}"
         " --gt-folder-out {output.gt_folder} > {log} 2>&1"
 
@@ -26,6 +30,7 @@ rule class_frequency:
     input:
         prepared=PREPARED,
         split=f"{RESULTS}/vocab/{{conf}}/split.json",
+        labels=LABELS,
     output:
         report(
             f"{RESULTS}/vocab/{{conf}}/class_frequency.png",
@@ -42,4 +47,4 @@ rule class_frequency:
     shell:
         "vocabseg class-frequency --train-json {input.prepared}/cityscapes_panoptic_train.json"
         " --val-json {input.prepared}/cityscapes_panoptic_val.json --split {input.split}"
-        " --out {output} > {log} 2>&1"
+        " --labels {input.labels} --out {output} > {log} 2>&1"

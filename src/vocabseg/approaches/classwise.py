@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from vocabseg.approaches.intersection import split_ids
-from vocabseg.data.labels import eval_categories
+from vocabseg.data.labelset import LabelSet, read_labelset
 from vocabseg.errors import InputError
 from vocabseg.evaluation.panoptic import Categories, PerImageStats, group_members, group_metrics
 from vocabseg.evaluation.semantic import mean_iou
@@ -51,10 +51,11 @@ def _per_class_part(metrics: Mapping, key: str, ids: list[int], source: str) -> 
     return {str(c): table[str(c)] for c in ids}
 
 
-def _covering_split(split: Mapping) -> tuple[list[int], list[int], Categories]:
-    """In ids, out ids and the evaluated categories; InputError unless they cover them."""
+def _covering_split(split: Mapping, labels: LabelSet | None) -> tuple[list[int], list[int], Categories]:
+    """In ids, out ids and the evaluated categories of ``labels`` (None: Cityscapes);
+    InputError unless the split covers them."""
     in_ids, out_ids = split_ids(split)
-    categories = Categories.from_gt_json({"categories": eval_categories()})
+    categories = Categories.from_gt_json({"categories": (labels or read_labelset(None)).categories()})
     uncovered = [c for c in categories.ids if c not in set(in_ids) | set(out_ids)]
     if uncovered:
         raise InputError(f"vocabulary split: class(es) {uncovered} are neither in 'in_ids' nor in 'out_ids'")
@@ -67,6 +68,7 @@ def classwise_metrics(
     split: Mapping,
     *,
     names: tuple[str, str] = ("in metrics", "out metrics"),
+    labels: LabelSet | None = None,
 ) -> dict:
     """The class-wise combination (module docstring) of two results dicts.
 
@@ -74,14 +76,15 @@ def classwise_metrics(
         in_metrics: results of the approach scored on the split's in-classes.
         out_metrics: results of the approach scored on its out-classes.
         split: content of a ``split.json`` (``in_ids``, ``out_ids``); together they
-            must cover the 19 evaluated classes.
+            must cover the evaluated classes of ``labels``.
         names: how error messages call the two inputs (their paths).
+        labels: the dataset's label set (None: Cityscapes, 19 evaluated classes).
 
     Returns:
         A results dict of the evaluator's schema: ``All``, ``Things``, ``Stuff``,
         ``In``, ``Out``, ``per_class``, ``counts``, ``semantic``.
     """
-    in_ids, out_ids, categories = _covering_split(split)
+    in_ids, out_ids, categories = _covering_split(split, labels)
     parts = {}
     for key in ("per_class", "counts", "semantic"):
         parts[key] = {
@@ -99,10 +102,11 @@ def classwise_metrics(
     }
 
 
-def classwise_from_files(in_metrics: Path, out_metrics: Path, split: Path) -> dict:
+def classwise_from_files(in_metrics: Path, out_metrics: Path, split: Path, labels: LabelSet | None = None) -> dict:
     """:func:`classwise_metrics` of two metrics JSON files and a ``split.json``."""
     return classwise_metrics(
-        read_json(in_metrics), read_json(out_metrics), read_json(split), names=(str(in_metrics), str(out_metrics))
+        read_json(in_metrics), read_json(out_metrics), read_json(split), names=(str(in_metrics), str(out_metrics)),
+        labels=labels,
     )
 
 
@@ -112,14 +116,15 @@ def classwise_images(
     split: Mapping,
     *,
     names: tuple[str, str] = ("in images", "out images"),
+    labels: LabelSet | None = None,
 ) -> PerImageStats:
     """Per-image counts of the class-wise combination: the in-classes' columns from
     ``in_stats``, the out-classes' from ``out_stats`` (both over the same images and
     categories), groups as the evaluator forms them for ``split``."""
-    _, out_ids, categories = _covering_split(split)
+    _, out_ids, categories = _covering_split(split, labels)
     for stats, name in zip((in_stats, out_stats), names):
         if list(stats.category_ids) != list(categories.ids):
-            raise InputError(f"{name}: categories {list(stats.category_ids)} are not the 19 evaluated classes")
+            raise InputError(f"{name}: categories {list(stats.category_ids)} are not the evaluated classes")
     if list(in_stats.image_ids) != list(out_stats.image_ids):
         raise InputError(f"{names[0]} and {names[1]}: the two evaluations cover different validation images")
     from_out = np.isin(in_stats.category_ids, out_ids)
@@ -130,9 +135,11 @@ def classwise_images(
     return PerImageStats(image_ids=in_stats.image_ids, category_ids=in_stats.category_ids, groups=groups, **counts)
 
 
-def classwise_images_from_files(in_images: Path, out_images: Path, split: Path) -> PerImageStats:
+def classwise_images_from_files(
+    in_images: Path, out_images: Path, split: Path, labels: LabelSet | None = None
+) -> PerImageStats:
     """:func:`classwise_images` of two ``.npz`` files of per-image counts and a ``split.json``."""
     return classwise_images(
         PerImageStats.load(in_images), PerImageStats.load(out_images), read_json(split),
-        names=(str(in_images), str(out_images)),
+        names=(str(in_images), str(out_images)), labels=labels,
     )

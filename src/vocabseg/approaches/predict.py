@@ -1,14 +1,14 @@
-"""Panoptic predictions of an FC-CLIP model on a Cityscapes-layout split.
+"""Panoptic predictions of an FC-CLIP model on a split (photos: :mod:`vocabseg.data.photos`).
 
 Writes the COCO-panoptic pair that :mod:`vocabseg.evaluation` (and
 cityscapesscripts) read: ``<out_folder>/<image_id>_panoptic.png`` (segment ids as
 ``R + 256 G + 256² B``, 0 = void) and ``out_json`` with one annotation per image
-whose ``segments_info`` carry Cityscapes label ids and each segment's confidence
+whose ``segments_info`` carry the dataset's label ids and each segment's confidence
 ``"score"`` (its query's class probability, see
 :func:`vocabseg.models.fcclip.panoptic_inference`; the pseudo-label builder reads it).
 
 Batched, under ``torch.no_grad``, with float16 autocast on GPU. The test vocabulary
-is always the 19 evaluated classes; the ensemble's "seen" classes are the base
+is always every evaluated class of the label set; the ensemble's "seen" classes are the base
 model's training classes plus the approach's own training vocabulary.
 """
 
@@ -21,8 +21,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vocabseg.data.labels import ID_TO_LABEL
+from vocabseg.data.labelset import LabelSet
 from vocabseg.data.panoptic_png import write_panoptic_png
+from vocabseg.data.photos import photo_path
 from vocabseg.errors import InputError
 from vocabseg.fileio import read_json, read_rgb, write_json_atomic
 from vocabseg.models.fcclip import FCCLIP, TextClassifier
@@ -35,11 +36,7 @@ def image_list(gt_json: Path, image_root: Path) -> list[tuple[str, Path]]:
     images = read_json(gt_json).get("images")
     if not isinstance(images, list):
         raise InputError(f"{gt_json}: panoptic JSON without an 'images' list")
-    out = []
-    for im in images:
-        image_id = str(im["id"])
-        out.append((image_id, Path(image_root) / image_id.split("_")[0] / f"{image_id}_leftImg8bit.png"))
-    return out
+    return [(str(im["id"]), photo_path(image_root, str(im["id"]), im)) for im in images]
 
 
 @torch.no_grad()
@@ -54,6 +51,7 @@ def predict_panoptic(
     *,
     batch_size: int = 1,
     device: torch.device | None = None,
+    labels: LabelSet | None = None,
 ) -> int:
     """Predict every image and write the panoptic PNGs and JSON; return the count.
 
@@ -67,14 +65,16 @@ def predict_panoptic(
         class_ids: label id of each text-classifier class.
         seen_ids: label ids that get the ensemble weight for seen classes.
         images: (image id, photo path) pairs, e.g. from :func:`image_list`.
+        labels: the dataset's label set: which classes are things (None: Cityscapes).
     """
+    thing_ids = set((labels or LabelSet.cityscapes()).thing_ids)
     if len(class_ids) != len(text.num_synonyms):
         raise InputError(f"text classifier has {len(text.num_synonyms)} classes, expected {len(class_ids)}")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.eval().to(device)
     embeddings = text.embeddings.to(device)
     seen = torch.tensor([c in set(seen_ids) for c in class_ids])
-    things = torch.tensor([ID_TO_LABEL[c].has_instances for c in class_ids])
+    things = torch.tensor([c in thing_ids for c in class_ids])
     out_folder = Path(out_folder)
     out_folder.mkdir(parents=True, exist_ok=True)
     annotations = []

@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vocabseg.data.labels import eval_categories
+from vocabseg.data.labelset import LabelSet, read_labelset
 from vocabseg.data.panoptic_png import read_panoptic_png, write_panoptic_png
 from vocabseg.errors import InputError
 from vocabseg.fileio import link_or_copy, read_json, replace_dir, write_json_atomic
@@ -196,6 +196,7 @@ def build_pseudo_labels(
     *,
     threshold: float = 0.5,
     min_pixels: int = 16,
+    labels: LabelSet | None = None,
 ) -> dict[str, int]:
     """Write the FTZS training ground truth of a vocabulary configuration.
 
@@ -207,6 +208,8 @@ def build_pseudo_labels(
         out_json, out_folder: where the pseudo-labelled ground truth goes.
         threshold: minimum teacher ``score`` of a pseudo segment (see module docstring).
         min_pixels: minimum number of pixels a pseudo segment keeps.
+        labels: the dataset's label set, whose evaluated classes the output lists as
+            ``categories`` (None: Cityscapes).
 
     Returns:
         ``{"images", "images_with_pseudo", "pseudo_kept", "dropped_score",
@@ -269,5 +272,5 @@ def build_pseudo_labels(
             stats[key] += counts[key]
 
     replace_dir(tmp_folder, out_folder)
-    write_json_atomic({**gt, "annotations": annotations, "categories": eval_categories()}, out_json)
+    write_json_atomic({**gt, "annotations": annotations, "categories": (labels or read_labelset(None)).categories()}, out_json)
     return stats

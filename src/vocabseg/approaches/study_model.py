@@ -11,9 +11,10 @@ architecture; their weight files differ:
 * trained approaches: ``{"model": state_dict}`` files written by the trainer, in the
   same detectron2 layout as the official files (they load strictly into upstream).
 
-Class order everywhere is the 19 evaluated Cityscapes classes in train-id order,
-restricted to the vocabulary at hand (e.g. the 11 in-classes of configuration 008),
-so index k of a text classifier, of a dataset's labels and of a prediction's
+Class order everywhere is the evaluated classes of the study's label set
+(:class:`~vocabseg.data.labelset.LabelSet`; Cityscapes: the 19 classes) in train-id
+order, restricted to the vocabulary at hand (e.g. the 11 in-classes of configuration
+008), so index k of a text classifier, of a dataset's labels and of a prediction's
 ``category`` is the k-th label id of :func:`vocab_ids`.
 """
 
@@ -26,11 +27,10 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from vocabseg.data.labels import EVAL_LABELS, ID_TO_LABEL
+from vocabseg.data.labelset import LabelSet
 from vocabseg.errors import InputError
 from vocabseg.models.clip_tiny import TINY_CLIP_NAME, register_tiny_clip
 from vocabseg.models.fcclip import (
-    CITYSCAPES_CLASS_NAMES,
     FCCLIP,
     CLIPBackbone,
     FCCLIPConfig,
@@ -42,11 +42,6 @@ from vocabseg.models.fcclip import (
 
 __all__ = ["ModelSpec", "vocab_ids", "class_names", "build_model", "build_backbone", "text_classifier_for"]
 
-# Classes of the official (COCO-trained) base model that also occur in Cityscapes by
-# upstream's synonym-overlap rule: all but pole (17) and rider (25).
-COCO_SEEN_IDS = tuple(lb.id for lb in EVAL_LABELS if lb.id not in (17, 25))
-
-
 @dataclass
 class ModelSpec:
     """The ``model:`` block of a study config.
@@ -57,7 +52,7 @@ class ModelSpec:
             the preset's (for ``tiny`` the workflow passes the pretrain_clip output).
         weights: official FC-CLIP checkpoint of the base model (``None`` in the
             synthetic world, where the base model is pretrained by the workflow).
-        seen_ids: label ids the base model was trained on (``None``: all 19).
+        seen_ids: label ids the base model was trained on (``None``: every class).
         overrides: FC-CLIP hyper-parameters that differ from the preset.
     """
 
@@ -84,20 +79,24 @@ class ModelSpec:
             register_tiny_clip()
         return cfg
 
-    def seen(self, extra_ids: Sequence[int] = ()) -> list[int]:
-        base = set(self.seen_ids) if self.seen_ids is not None else {lb.id for lb in EVAL_LABELS}
-        return [lb.id for lb in EVAL_LABELS if lb.id in base or lb.id in set(extra_ids)]
+    def seen(self, extra_ids: Sequence[int] = (), labels: LabelSet | None = None) -> list[int]:
+        """Label ids the ensemble treats as seen: the base model's and ``extra_ids``."""
+        labels = labels or LabelSet.cityscapes()
+        base = set(self.seen_ids) if self.seen_ids is not None else set(labels.eval_ids)
+        return labels.sorted_ids(base | set(extra_ids))
 
 
-def vocab_ids(split: Mapping | None) -> list[int]:
-    """Label ids of a vocabulary: the ``in_ids`` of a split, or all 19 classes."""
-    ids = {lb.id for lb in EVAL_LABELS} if split is None else set(split["in_ids"])
-    return [lb.id for lb in EVAL_LABELS if lb.id in ids]
+def vocab_ids(split: Mapping | None, labels: LabelSet | None = None) -> list[int]:
+    """Label ids of a vocabulary: the ``in_ids`` of a split, or every evaluated class
+    of ``labels`` (None: Cityscapes)."""
+    labels = labels or LabelSet.cityscapes()
+    return labels.sorted_ids(labels.eval_ids if split is None else split["in_ids"])
 
 
-def class_names(ids: Sequence[int]) -> list[list[str]]:
-    """FC-CLIP's prompt-engineered synonym lists of the given label ids."""
-    return [list(CITYSCAPES_CLASS_NAMES[ID_TO_LABEL[i].train_id]) for i in ids]
+def class_names(ids: Sequence[int], labels: LabelSet | None = None) -> list[list[str]]:
+    """The prompt synonym lists of the given label ids (None: Cityscapes, FC-CLIP's
+    prompt-engineered names)."""
+    return (labels or LabelSet.cityscapes()).synonyms(ids)
 
 
 def build_model(spec: ModelSpec, weights: Path | None) -> FCCLIP:
@@ -133,6 +132,8 @@ def build_backbone(spec: ModelSpec) -> CLIPBackbone:
     return CLIPBackbone(cfg.clip_model, cfg.clip_pretrained, quick_gelu=cfg.clip_quick_gelu)
 
 
-def text_classifier_for(backbone: CLIPBackbone, ids: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
+def text_classifier_for(
+    backbone: CLIPBackbone, ids: Sequence[int], labels: LabelSet | None = None
+) -> tuple[torch.Tensor, list[int]]:
     """Prompt-ensemble text classifier of the classes ``ids`` (FC-CLIP's recipe)."""
-    return build_text_classifier(backbone, backbone.get_tokenizer(), class_names(ids))
+    return build_text_classifier(backbone, backbone.get_tokenizer(), class_names(ids, labels))

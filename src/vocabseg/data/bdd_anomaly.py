@@ -180,9 +180,10 @@ def _pixel_counts(pair: tuple[str, Path, Path]) -> np.ndarray:
 
 
 def _class_names() -> list[str]:
-    from vocabseg.data.labels import TRAIN_ID_TO_NAME
+    from vocabseg.data.labelset import LabelSet
 
-    return [TRAIN_ID_TO_NAME[t] for t in range(NUM_CLASSES)]
+    names = LabelSet.cityscapes().train_id_names()  # BDD100K uses the Cityscapes train ids
+    return [names[t] for t in range(NUM_CLASSES)]
 
 
 def _complete_summary(out: Path, source_root: Path, variant: str) -> dict | None:

@@ -1,5 +1,8 @@
 """The Cityscapes label table, as the evaluation sees it.
 
+Read by :meth:`vocabseg.data.labelset.LabelSet.cityscapes` alone: every stage gets the
+dataset's classes as a :class:`~vocabseg.data.labelset.LabelSet`, never from here.
+
 The single source of truth is ``cityscapesscripts.helpers.labels`` (the official
 table); this module only derives the views the pipeline needs from it:
 
@@ -7,7 +10,8 @@ table); this module only derives the views the pipeline needs from it:
   order. 11 stuff classes (ids 7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23) and 8 thing
   classes (ids 24-28, 31-33).
 * ``ID_TO_TRAIN_ID``: a 256-entry lookup table from label id to train id (255 = ignore).
-* :func:`eval_categories`: the 19 classes as the ``categories`` of a COCO-panoptic JSON.
+* ``CITYSCAPES_PROMPT_ENG``: FC-CLIP's prompt-engineered names of the 19 classes
+  (upstream's ``cityscapes_panoptic_with_prompt_eng.txt``), by train id.
 
 Everything the pipeline writes to disk (panoptic JSON ``category_id``, ``split.json``)
 uses label **ids**, never train ids, as ``csEvalPanopticSemanticLabeling`` expects.
@@ -28,10 +32,8 @@ __all__ = [
     "THING_IDS",
     "STUFF_IDS",
     "TRAIN_ID_TO_NAME",
-    "ID_TO_LABEL",
+    "CITYSCAPES_PROMPT_ENG",
     "ID_TO_TRAIN_ID",
-    "label_by_name",
-    "eval_categories",
 ]
 
 
@@ -62,7 +64,6 @@ ALL_LABELS: tuple[Label, ...] = tuple(
     if lb.id >= 0  # license plate (id -1) never appears in label images
 )
 
-ID_TO_LABEL: dict[int, Label] = {lb.id: lb for lb in ALL_LABELS}
 EVAL_LABELS: tuple[Label, ...] = tuple(lb for lb in ALL_LABELS if not lb.ignore_in_eval)
 EVAL_IDS: tuple[int, ...] = tuple(lb.id for lb in EVAL_LABELS)
 THING_IDS: tuple[int, ...] = tuple(lb.id for lb in EVAL_LABELS if lb.has_instances)
@@ -75,26 +76,24 @@ ID_TO_TRAIN_ID = np.full(256, 255, dtype=np.uint8)
 for _lb in EVAL_LABELS:
     ID_TO_TRAIN_ID[_lb.id] = _lb.train_id
 
-
-def label_by_name(name: str) -> Label:
-    """Return the label called ``name`` (e.g. ``"traffic light"``)."""
-    for lb in ALL_LABELS:
-        if lb.name == name:
-            return lb
-    raise KeyError(f"no Cityscapes label named {name!r}")
-
-
-def eval_categories() -> list[dict]:
-    """The 19 evaluated classes as a COCO-panoptic ``categories`` list, exactly as
-    ``csCreatePanopticImgs`` writes it: ``{"id": label id, "name", "color": [r, g, b],
-    "supercategory": the label's category, "isthing": 1 or 0}`` in label-id order."""
-    return [
-        {
-            "id": lb.id,
-            "name": lb.name,
-            "color": list(lb.color),
-            "supercategory": lb.category,
-            "isthing": 1 if lb.has_instances else 0,
-        }
-        for lb in EVAL_LABELS
-    ]
+# FC-CLIP's prompt-engineered Cityscapes names, "<trainId>:<syn1>,<syn2>,...".
+CITYSCAPES_PROMPT_ENG = """\
+0:road,railroad
+1:sidewalk,pavement
+2:building,buildings,edifice,edifices,house,ceiling
+3:wall,walls,brick wall,stone wall,tile wall,wood wall
+4:fence,fences
+5:pole,poles
+6:traffic light,traffic lights
+7:traffic sign,stop sign
+8:vegetation,tree,trees,palm tree,bushes
+9:terrain,river,sand,sea,snow,water,mountain,grass,dirt,rock
+10:sky,clouds
+11:person
+12:rider
+13:car,cars
+14:truck,trucks
+15:bus,buses
+16:train,trains,locomotive,locomotives,freight train
+17:motorcycle,motorcycles
+18:bicycle,bicycles,bike,bikes"""

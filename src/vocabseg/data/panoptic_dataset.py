@@ -8,10 +8,9 @@ as Mask2Former's ``MaskFormerPanopticDatasetMapper`` builds them:
   foreground of any target nor matched);
 * after augmentation, segments left without any pixel (cropped away) are dropped.
 
-Paths follow the Cityscapes layout: the photo of image id ``<city>_<seq>_<frame>`` is
-``image_root/<city>/<city>_<seq>_<frame>_leftImg8bit.png`` (the ``file_name`` that
-``csCreatePanopticImgs`` puts in ``images`` is not used: it carries a spurious
-``_gtFine`` part), the panoptic PNG is ``panoptic_folder/<annotation file_name>``.
+Photos are found by :func:`vocabseg.data.photos.photo_path` (Cityscapes layout, or a
+COCO-panoptic dataset's own paths); the panoptic PNG is
+``panoptic_folder/<annotation file_name>``.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from vocabseg.data.panoptic_png import read_panoptic_png
+from vocabseg.data.photos import photo_path
 from vocabseg.errors import InputError
 from vocabseg.fileio import read_rgb
 
@@ -73,10 +73,10 @@ class PanopticTrainDataset:
         try:
             gt = json.loads(panoptic_json.read_text())
             annotations = gt["annotations"]
+            images = {str(im["id"]): im for im in gt.get("images", [])}
             self._records = []
             for ann in annotations:
                 image_id = str(ann["image_id"])
-                city = image_id.split("_")[0]
                 segments = [
                     (int(s["id"]), self._class_index[int(s["category_id"])])
                     for s in ann["segments_info"]
@@ -85,7 +85,7 @@ class PanopticTrainDataset:
                 self._records.append(
                     (
                         image_id,
-                        image_root / city / f"{image_id}_leftImg8bit.png",
+                        photo_path(image_root, image_id, images.get(image_id)),
                         panoptic_folder / ann["file_name"],
                         segments,
                     )

@@ -8,22 +8,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vocabseg.data.labels import EVAL_LABELS
+from vocabseg.data.labelset import LabelSet
 from vocabseg.fileio import read_json
 
 __all__ = ["class_frequencies"]
 
 
-def class_frequencies(panoptic_json: Path) -> dict[int, dict[str, float]]:
-    """Return ``{label id: {"pixels", "pixel_share", "instances"}}`` for the 19 classes.
+def class_frequencies(panoptic_json: Path, labels: LabelSet | None = None) -> dict[int, dict[str, float]]:
+    """Return ``{label id: {"pixels", "pixel_share", "instances"}}`` for the evaluated
+    classes of ``labels`` (None: Cityscapes, 19 classes).
 
     ``pixels`` counts every labelled pixel of the class (crowd regions included);
     ``pixel_share`` divides it by all labelled (non-void) pixels; ``instances``
     counts non-crowd segments of thing classes (0 for stuff classes).
     """
     gt = read_json(panoptic_json)
-    stats = {lb.id: {"pixels": 0, "pixel_share": 0.0, "instances": 0} for lb in EVAL_LABELS}
-    things = {lb.id for lb in EVAL_LABELS if lb.has_instances}
+    labels = labels or LabelSet.cityscapes()
+    stats = {i: {"pixels": 0, "pixel_share": 0.0, "instances": 0} for i in labels.eval_ids}
+    things = set(labels.thing_ids)
     for ann in gt["annotations"]:
         for seg in ann["segments_info"]:
             cat = seg["category_id"]

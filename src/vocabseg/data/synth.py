@@ -41,13 +41,14 @@ from cityscapesscripts.preparation.json2labelImg import createLabelImage
 from PIL import Image, ImageFilter
 from scipy import ndimage
 
-from vocabseg.data.labels import ID_TO_LABEL, label_by_name
+from vocabseg.data.labelset import LabelSet
 
 __all__ = ["STYLES", "View", "generate_city", "compose_scene", "render_image", "city_names"]
 
 RGB = tuple[int, int, int]
 Point = tuple[float, float]
 
+_LABELS = LabelSet.cityscapes()  # the synthetic city is labelled as Cityscapes
 FRAME = 19  # Cityscapes annotates the 20th frame of every sequence
 DEFAULT_SPLITS: Mapping[str, int] = {"train": 24, "val": 8}
 
@@ -842,7 +843,7 @@ def _palette_lut(colors: Mapping[str, RGB]) -> np.ndarray:
     """(256, 3) float32 colour per label id; unknown ids are mid grey."""
     lut = np.full((256, 3), 110.0, dtype=np.float32)
     for name, rgb in colors.items():
-        lut[label_by_name(name).id] = rgb
+        lut[_LABELS.by_name(name).id] = rgb
     return lut
 
 
@@ -876,7 +877,7 @@ class _Painter:
 
     def mask(self, name: str) -> np.ndarray:
         """(H, W) bool pixels of label ``name``."""
-        return self.labels == label_by_name(name).id
+        return self.labels == _LABELS.by_name(name).id
 
     def shade(self, img: np.ndarray, where: np.ndarray, factor: float | np.ndarray,
               tint: RGB | None = None, mix: float = 0.0) -> None:
@@ -980,8 +981,8 @@ class _Painter:
         inverse = inverse.reshape(instances.shape)
         for k, box in enumerate(ndimage.find_objects(inverse + 1)):
             seg = int(ids[k])
-            label = ID_TO_LABEL.get(seg // 1000 if seg >= 1000 else seg)
-            if box is None or label is None or not label.has_instances:
+            label = _LABELS.by_id.get(seg // 1000 if seg >= 1000 else seg)
+            if box is None or label is None or not label.isthing:
                 continue
             patch, m = img[box], inverse[box] == k
             self.instance(patch, m, label.name)

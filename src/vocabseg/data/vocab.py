@@ -1,10 +1,14 @@
-"""Vocabulary configurations 000-008 and the training ground truth they induce.
+"""Vocabulary configurations and the training ground truth they induce.
 
-Configuration ``k`` deletes a set of Cityscapes label ids from the *training*
-annotations (the "out-of-vocabulary" classes); the remaining evaluated classes are
+A configuration deletes a set of classes (label ids) from the *training* annotations
+(the "out-of-vocabulary" classes); the remaining evaluated classes are
 "in-vocabulary". Validation ground truth is never changed: every model is always
-evaluated on all 19 classes, and the In / Out groups of the metrics come from the
+evaluated on every class, and the In / Out groups of the metrics come from the
 configuration's ``split.json``.
+
+A study names its own configurations (config key ``vocab_configs``: name -> deleted
+class ids or names of its label set). Without them, a Cityscapes-labelled study
+(Cityscapes, the synthetic city) uses the seed's configurations 000-008:
 
 ======  ==========================================
 conf    deleted label ids
@@ -25,39 +29,73 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from vocabseg.data.labels import EVAL_LABELS, ID_TO_LABEL
+from vocabseg.data.labelset import LabelSet
 from vocabseg.data.panoptic_png import read_panoptic_png, write_panoptic_png
 from vocabseg.errors import InputError
 from vocabseg.fileio import link_or_copy, read_json, write_json_atomic
 
-__all__ = ["VOCAB_CONFIGS", "make_split", "write_vocab_split"]
+__all__ = ["VOCAB_CONFIGS", "make_split", "resolve_deleted", "write_vocab_split"]
 
 _ORDER = (24, 25, 26, 27, 28, 31, 32, 33)
 VOCAB_CONFIGS: dict[str, tuple[int, ...]] = {f"{k:03d}": _ORDER[:k] for k in range(9)}
 
 
-def make_split(conf: str) -> dict:
-    """Return the ``split.json`` content of configuration ``conf`` (e.g. ``"008"``)."""
-    if conf not in VOCAB_CONFIGS:
-        raise InputError(f"vocabulary configuration {conf!r}: expected one of {sorted(VOCAB_CONFIGS)}")
-    deleted = VOCAB_CONFIGS[conf]
-    in_ids = [lb.id for lb in EVAL_LABELS if lb.id not in deleted]
-    out_ids = [lb.id for lb in EVAL_LABELS if lb.id in deleted]
+def resolve_deleted(conf: str, classes: Sequence[int | str], labels: LabelSet) -> tuple[int, ...]:
+    """Label ids of a configuration's deleted classes, given by id or name (a string of
+    digits is an id); InputError naming the config key ``vocab_configs.<conf>``."""
+    ids = []
+    for ref in classes:
+        if isinstance(ref, str) and ref.strip().isdigit():
+            ref = int(ref)
+        ids.append(labels.class_id(ref, key=f"config key vocab_configs.{conf}"))
+    if len(set(ids)) != len(ids):
+        raise InputError(f"config key vocab_configs.{conf}: a class is deleted twice ({list(classes)})")
+    if len(set(ids)) == labels.num_classes:
+        raise InputError(f"config key vocab_configs.{conf}: deletes every class; keep at least one in-vocabulary")
+    return tuple(ids)
+
+
+def make_split(conf: str, labels: LabelSet | None = None, deleted: Sequence[int | str] | None = None) -> dict:
+    """Return the ``split.json`` content of configuration ``conf``.
+
+    Args:
+        conf: the configuration's name (e.g. ``"008"``).
+        labels: the dataset's label set (None: Cityscapes).
+        deleted: its deleted classes, ids or names; None: the seed's table
+            (:data:`VOCAB_CONFIGS`, Cityscapes label ids).
+    """
+    labels = labels or LabelSet.cityscapes()
+    if deleted is None:
+        if conf not in VOCAB_CONFIGS:
+            raise InputError(f"vocabulary configuration {conf!r}: expected one of {sorted(VOCAB_CONFIGS)}")
+        deleted = VOCAB_CONFIGS[conf]
+    deleted = resolve_deleted(conf, deleted, labels)
+    in_ids = [i for i in labels.eval_ids if i not in deleted]
+    out_ids = [i for i in labels.eval_ids if i in deleted]
     return {
         "vocab": conf,
         "deleted_ids": list(deleted),
         "in_ids": in_ids,
         "out_ids": out_ids,
-        "in_names": [ID_TO_LABEL[i].name for i in in_ids],
-        "out_names": [ID_TO_LABEL[i].name for i in out_ids],
+        "in_names": [labels.name(i) for i in in_ids],
+        "out_names": [labels.name(i) for i in out_ids],
     }
 
 
 def write_vocab_split(
-    train_json: Path, train_folder: Path, conf: str, split_out: Path, gt_json_out: Path, gt_folder_out: Path
+    train_json: Path,
+    train_folder: Path,
+    conf: str,
+    split_out: Path,
+    gt_json_out: Path,
+    gt_folder_out: Path,
+    *,
+    labels: LabelSet | None = None,
+    deleted: Sequence[int | str] | None = None,
 ) -> dict:
     """Write ``split.json`` and the training panoptic ground truth of ``conf``.
 
@@ -66,9 +104,9 @@ def write_vocab_split(
     valid COCO-panoptic pair on its own. Images that lose nothing are hard-linked
     (copied where links are impossible).
 
-    Returns the split dictionary.
+    ``labels`` and ``deleted`` as :func:`make_split`. Returns the split dictionary.
     """
-    split = make_split(conf)
+    split = make_split(conf, labels, deleted)
     deleted = set(split["deleted_ids"])
     gt = read_json(train_json)
 

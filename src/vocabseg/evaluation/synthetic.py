@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vocabseg.data.labels import STUFF_IDS, THING_IDS, eval_categories
+from vocabseg.data.labelset import LabelSet
 
 __all__ = [
     "SyntheticDataset",
@@ -42,6 +42,9 @@ __all__ = [
     "write_dataset",
 ]
 
+# the evaluator tests' data is labelled as Cityscapes
+_CITYSCAPES = LabelSet.cityscapes()
+THING_IDS, STUFF_IDS = _CITYSCAPES.thing_ids, _CITYSCAPES.stuff_ids
 # label ids that createPanopticImgs leaves as VOID (ignoreInEval), drawn as clutter
 _VOID_LABELS = (1, 4, 5, 9, 14, 29, 30)
 # rough Cityscapes frequencies of the thing classes (person, rider, car, truck, bus,
@@ -389,7 +392,7 @@ def write_dataset(
         )
     gt_json, pred_json = root / "gt.json", root / "pred.json"
     gt_json.write_text(
-        json.dumps({"images": images, "annotations": gt_anns, "categories": eval_categories()})
+        json.dumps({"images": images, "annotations": gt_anns, "categories": _CITYSCAPES.categories()})
     )
     pred_json.write_text(json.dumps({"annotations": pred_anns}))
     return SyntheticDataset(

@@ -47,7 +47,7 @@ from vocabseg.openworld.inference import (
     open_world_labels,
 )
 from vocabseg.openworld.train import load_contmav_export
-from vocabseg.data.labels import TRAIN_ID_TO_NAME
+from vocabseg.data.labelset import LabelSet
 from vocabseg.openworld.dataset import NUM_TRAIN_IDS, LabelSpace, SemanticDataset
 from vocabseg.errors import InputError
 from vocabseg.engine import distributed
@@ -153,6 +153,7 @@ def evaluate_contmav(
     device: str | torch.device | None = None,
     images_out: Path | None = None,
     image_bins: int = 1000,
+    labels: LabelSet | None = None,
 ) -> dict:
     """Open-world metrics of the exported model ``model_path`` on a split.
 
@@ -176,6 +177,7 @@ def evaluate_contmav(
         images_out: ``.npz`` for the per-image counts the bootstrap resamples
             (:class:`~vocabseg.openworld.metrics.OpenWorldImageStats`), with
             ``image_bins`` unknown-score bins per image.
+        labels: the dataset's label set, naming the train ids (None: Cityscapes).
 
     Returns the results dict (the JSON content).
     """
@@ -197,6 +199,7 @@ def evaluate_contmav(
     if any(not 0 <= t < NUM_TRAIN_IDS for t in unknown):
         raise InputError(f"unknown train ids: {unknown} must lie in 0..{NUM_TRAIN_IDS - 1}")
     dataset = SemanticDataset(image_root, label_root, known)
+    names = (labels or LabelSet.cityscapes()).train_id_names()
     space = LabelSpace(tuple(known), tuple(unknown))
     k, u = len(known), len(unknown)
     targets_by_id = PAPER_SIMILAR_TARGETS if similar_targets is None else dict(similar_targets)
@@ -206,7 +209,7 @@ def evaluate_contmav(
         u,
         score_bins=score_bins,
         similar_targets=targets,
-        class_names=[TRAIN_ID_TO_NAME[t] for t in known + unknown],
+        class_names=[names[t] for t in known + unknown],
         image_bins=image_bins if images_out is not None else None,
     )
     state = None

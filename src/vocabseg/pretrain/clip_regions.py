@@ -53,10 +53,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from vocabseg.data.labels import EVAL_LABELS, ID_TO_LABEL, ID_TO_TRAIN_ID
+from vocabseg.data.labelset import LabelSet
 from vocabseg.errors import InputError
 from vocabseg.models.clip_tiny import TINY_CLIP_NAME, register_tiny_clip
-from vocabseg.models.fcclip.text import CITYSCAPES_CLASS_NAMES, VILD_TEMPLATES, build_text_classifier
+from vocabseg.models.fcclip.text import VILD_TEMPLATES, build_text_classifier
 
 __all__ = [
     "DEFAULT_STEPS",
@@ -82,9 +82,11 @@ _PIXEL_STD = (68.5005327, 66.6321579, 70.32316305)
 _STRIDE = 32  # output stride of res5
 _IGNORE = -1  # segment index of void / crowd pixels
 
-_CLASS_NAMES: tuple[tuple[str, ...], ...] = tuple(tuple(names) for names in CITYSCAPES_CLASS_NAMES)
+# The synthetic world is labelled as Cityscapes: its 19 evaluated classes, train-id order.
+_LABELS = LabelSet.cityscapes()
+_CLASS_NAMES: tuple[tuple[str, ...], ...] = tuple(c.synonyms for c in _LABELS.evaluated)
 _NUM_CLASSES = len(_CLASS_NAMES)
-assert _NUM_CLASSES == len(EVAL_LABELS)
+_ID_TO_TRAIN_ID = _LABELS.train_id_lut()[:256]
 
 
 # --------------------------------------------------------------------------------------
@@ -135,8 +137,8 @@ def _read_png(path: Path, mode: str | None = None) -> np.ndarray:
 
 
 _IS_THING = np.zeros(256, dtype=bool)
-for _lb in ID_TO_LABEL.values():
-    _IS_THING[_lb.id] = _lb.has_instances
+for _c in _LABELS.classes:
+    _IS_THING[_c.id] = _c.isthing
 
 
 def _load_sample(image_path: Path, label_path: Path, instance_path: Path) -> _Sample:
@@ -150,7 +152,7 @@ def _load_sample(image_path: Path, label_path: Path, instance_path: Path) -> _Sa
     instance_ids = _read_png(instance_path).astype(np.int64)
     if label_ids.shape != image.shape[:2] or instance_ids.shape != image.shape[:2]:
         raise InputError(f"{label_path}: size {label_ids.shape} differs from its image {image.shape[:2]}")
-    train_ids = ID_TO_TRAIN_ID[np.clip(label_ids, 0, 255)].astype(np.int64)
+    train_ids = _ID_TO_TRAIN_ID[np.clip(label_ids, 0, 255)].astype(np.int64)
     valid = train_ids != 255
     things = _IS_THING[np.clip(label_ids, 0, 255)]
     # A key that is unique per segment: the instance id for thing instances, the
@@ -165,7 +167,7 @@ def _load_sample(image_path: Path, label_path: Path, instance_path: Path) -> _Sa
         if value < 0:
             continue
         segments[inverse == k] = len(classes)
-        classes.append(int(ID_TO_TRAIN_ID[value // 1000 if value >= 1000 else value]))
+        classes.append(int(_ID_TO_TRAIN_ID[value // 1000 if value >= 1000 else value]))
     return _Sample(
         image=torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
         segments=torch.from_numpy(segments),

@@ -23,7 +23,7 @@ import pandas as pd
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from vocabseg.data.labels import EVAL_LABELS  # noqa: E402
+from vocabseg.data.labelset import LabelSet  # noqa: E402
 
 __all__ = ["plot_class_frequency", "plot_pq_bars", "plot_tradeoff", "tradeoff_points", "IN_COLOR", "OUT_COLOR"]
 
@@ -41,7 +41,7 @@ _ROLES = {
 
 
 def plot_class_frequency(
-    stats: Mapping[str, Mapping[int, Mapping[str, float]]], split: Mapping, out: Path
+    stats: Mapping[str, Mapping[int, Mapping[str, float]]], split: Mapping, out: Path, labels: LabelSet | None = None
 ) -> None:
     """Draw pixel share and instance count per class for each set, in/out coloured.
 
@@ -49,14 +49,16 @@ def plot_class_frequency(
         stats: ``{"train": class_frequencies(...), "val": ...}``.
         split: a ``split.json`` dictionary (its ``out_ids`` are drawn in orange).
         out: PNG path.
+        labels: the dataset's label set, whose evaluated classes are the bars (None: Cityscapes).
     """
+    evaluated = (labels or LabelSet.cityscapes()).evaluated
     out_ids = set(split["out_ids"])
-    names = [lb.name for lb in EVAL_LABELS]
-    colors = [OUT_COLOR if lb.id in out_ids else IN_COLOR for lb in EVAL_LABELS]
+    names = [lb.name for lb in evaluated]
+    colors = [OUT_COLOR if lb.id in out_ids else IN_COLOR for lb in evaluated]
     fig, axes = plt.subplots(len(stats), 2, figsize=(13, 3.6 * len(stats)), squeeze=False)
     for row, (set_name, per_class) in enumerate(stats.items()):
-        share = [100 * per_class[lb.id]["pixel_share"] for lb in EVAL_LABELS]
-        inst = [per_class[lb.id]["instances"] for lb in EVAL_LABELS]
+        share = [100 * per_class[lb.id]["pixel_share"] for lb in evaluated]
+        inst = [per_class[lb.id]["instances"] for lb in evaluated]
         for ax, values, title in (
             (axes[row, 0], share, f"{set_name}: pixel share (%)"),
             (axes[row, 1], inst, f"{set_name}: instances"),

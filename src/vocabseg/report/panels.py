@@ -8,7 +8,7 @@ approach in the order given, each cell titled. The numbers of the results table 
 
 Overlay of a panoptic segmentation on its photo (:func:`overlay`):
 
-* every segment gets the Cityscapes colour of its category (``vocabseg.data.labels``);
+* every segment gets the colour of its category in the study's label set;
   segments of thing categories (``has_instances``) are shifted in brightness so that
   adjacent instances differ: within each category, the instances are ranked by their
   first pixel in raster order and instance ``k`` gets ``t = JITTER[k % len(JITTER)]``,
@@ -41,7 +41,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from vocabseg.data.labels import ID_TO_LABEL  # noqa: E402
+from vocabseg.data.labelset import LabelSet  # noqa: E402
+from vocabseg.data.photos import photo_path  # noqa: E402
 from vocabseg.data.panoptic_png import read_panoptic_png  # noqa: E402
 from vocabseg.errors import InputError  # noqa: E402
 from vocabseg.fileio import atomic_path, read_json  # noqa: E402
@@ -84,27 +85,31 @@ def _shade(color: Sequence[int], t: float) -> tuple[int, int, int]:
     return tuple(int(v) for v in np.rint(shaded))
 
 
-def segment_colors(ids: np.ndarray, categories: Mapping[int, int]) -> dict[int, tuple[int, int, int]]:
+def segment_colors(
+    ids: np.ndarray, categories: Mapping[int, int], labels: LabelSet | None = None
+) -> dict[int, tuple[int, int, int]]:
     """Colour of every listed segment present in ``ids``.
 
     Args:
         ids: (H, W) segment ids.
-        categories: segment id -> Cityscapes label id (``category_id``).
+        categories: segment id -> label id (``category_id``).
+        labels: the dataset's label set (None: Cityscapes).
 
     Returns:
         segment id -> RGB; stuff segments get their category's colour, the instances
         of a thing category the shades of :data:`JITTER` by first-pixel rank.
     """
     present, first = np.unique(ids.ravel(), return_index=True)
+    labels = labels or LabelSet.cityscapes()
     rank_in_category: dict[int, int] = {}
     colors = {}
     for sid, _ in sorted(zip(present.tolist(), first.tolist()), key=lambda p: p[1]):
         if sid == 0 or sid not in categories:
             continue  # VOID or unlisted
-        label = ID_TO_LABEL.get(int(categories[sid]))
+        label = labels.by_id.get(int(categories[sid]))
         if label is None:
-            raise InputError(f"segment {sid}: unknown Cityscapes category_id {categories[sid]}")
-        if label.has_instances:
+            raise InputError(f"segment {sid}: unknown {labels.dataset} category_id {categories[sid]}")
+        if label.isthing:
             k = rank_in_category.get(label.id, 0)
             rank_in_category[label.id] = k + 1
             colors[sid] = _shade(label.color, JITTER[k % len(JITTER)])
@@ -125,7 +130,13 @@ def boundaries(ids: np.ndarray) -> np.ndarray:
     return edge
 
 
-def overlay(photo: np.ndarray, ids: np.ndarray, categories: Mapping[int, int], alpha: float = 0.6) -> np.ndarray:
+def overlay(
+    photo: np.ndarray,
+    ids: np.ndarray,
+    categories: Mapping[int, int],
+    alpha: float = 0.6,
+    labels: LabelSet | None = None,
+) -> np.ndarray:
     """A panoptic segmentation drawn over its photo (see the module docstring).
 
     Args:
@@ -133,13 +144,14 @@ def overlay(photo: np.ndarray, ids: np.ndarray, categories: Mapping[int, int], a
         ids: (H, W) segment ids.
         categories: segment id -> category_id; ids not in it are VOID.
         alpha: opacity of the segment colours, in [0, 1].
+        labels: the dataset's label set (None: Cityscapes).
 
     Returns:
         (H, W, 3) uint8.
     """
     if photo.shape[:2] != ids.shape:
         raise ValueError(f"photo {photo.shape[:2]} and segment ids {ids.shape} differ in size")
-    colors = segment_colors(ids, categories)
+    colors = segment_colors(ids, categories, labels)
     present, index = np.unique(ids, return_inverse=True)
     index = index.reshape(ids.shape)
     table = np.zeros((len(present), 3), dtype=np.float64)
@@ -207,7 +219,7 @@ def _annotations_by_image(data: dict, path: Path) -> dict[str, dict]:
         raise InputError(f"{path}: an annotation without 'image_id'") from None
 
 
-def _segmentation(ann: dict, folder: Path, json_path: Path) -> tuple[np.ndarray, dict[int, int]]:
+def _segmentation(ann: dict, folder: Path, json_path: Path, labels: LabelSet) -> tuple[np.ndarray, dict[int, int]]:
     """(H, W) ids and segment id -> category_id of one annotation."""
     try:
         categories = {int(s["id"]): int(s["category_id"]) for s in ann["segments_info"]}
@@ -215,15 +227,14 @@ def _segmentation(ann: dict, folder: Path, json_path: Path) -> tuple[np.ndarray,
     except (KeyError, TypeError, ValueError):
         image_id = ann.get("image_id") if isinstance(ann, dict) else None
         raise InputError(f"{json_path}: annotation of {image_id!r} lacks file_name or segments_info") from None
-    unknown = sorted(set(categories.values()) - set(ID_TO_LABEL))
+    unknown = sorted(set(categories.values()) - set(labels.by_id))
     if unknown:
-        raise InputError(f"{json_path}: image {ann['image_id']!r} has unknown Cityscapes category_id {unknown[0]}")
+        raise InputError(f"{json_path}: image {ann['image_id']!r} has unknown {labels.dataset} category_id {unknown[0]}")
     return read_panoptic_png(png).astype(np.int64), categories
 
 
-def _photo(image_root: Path, image_id: str) -> np.ndarray:
-    """(H, W, 3) uint8 photo ``<image_root>/<city>/<image_id>_leftImg8bit.png``."""
-    path = Path(image_root) / image_id.split("_")[0] / f"{image_id}_leftImg8bit.png"
+def _photo(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 photo at ``path``."""
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
@@ -254,23 +265,26 @@ def write_panels(
     columns: int = 3,
     max_width: int = 512,
     alpha: float = 0.6,
+    labels: LabelSet | None = None,
 ) -> list[Path]:
     """Write ``panel_<image_id>.png`` for the first ``count`` images of ``gt_json``.
 
     Args:
         gt_json, gt_folder: prepared validation ground truth (COCO-panoptic JSON with
             an ``images`` list, and its PNG folder).
-        image_root: the ``leftImg8bit/<split>`` folder (``<city>/<id>_leftImg8bit.png``).
+        image_root: the ``leftImg8bit/<split>`` folder (:func:`~vocabseg.data.photos.photo_path`).
         predictions: the approaches to show, in this order.
         out_dir: created if missing.
         count: number of images, taken in the order of the JSON's ``images`` list.
         columns: cells per grid row.
         max_width: cells wider than this are downscaled to it.
         alpha: opacity of the segment colours.
+        labels: the dataset's label set (None: Cityscapes).
 
     Returns:
         The written PNG paths, in image order.
     """
+    labels = labels or LabelSet.cityscapes()
     if count < 1 or columns < 1 or max_width < 1:
         raise InputError(f"panels: --count, --columns and --max-width must be >= 1, got {count}, {columns}, {max_width}")
     gt = read_json(gt_json)
@@ -286,12 +300,12 @@ def write_panels(
         image_id = str(image["id"])
         if image_id not in gt_anns:
             raise InputError(f"{gt_json}: no annotation for image {image_id!r}")
-        segs = [_segmentation(gt_anns[image_id], gt_folder, Path(gt_json))]
+        segs = [_segmentation(gt_anns[image_id], gt_folder, Path(gt_json), labels)]
         for pred, anns in zip(predictions, pred_anns):
             if image_id not in anns:
                 raise InputError(f"{pred.json}: no prediction for image {image_id!r} ({pred.name})")
-            segs.append(_segmentation(anns[image_id], pred.folder, Path(pred.json)))
-        photo = _photo(image_root, image_id)
+            segs.append(_segmentation(anns[image_id], pred.folder, Path(pred.json), labels))
+        photo = _photo(photo_path(image_root, image_id, image))
         for (ids, _), name in zip(segs, ["ground truth", *(p.name for p in predictions)]):
             if ids.shape != photo.shape[:2]:
                 raise InputError(
@@ -299,9 +313,9 @@ def write_panels(
                     f"{photo.shape[1]}x{photo.shape[0]} (width x height)"
                 )
         small, id_maps = _downscale(photo, [ids for ids, _ in segs], max_width)
-        cells = [("photo", small), ("ground truth", overlay(small, id_maps[0], segs[0][1], alpha))]
+        cells = [("photo", small), ("ground truth", overlay(small, id_maps[0], segs[0][1], alpha, labels))]
         cells += [
-            (p.name, overlay(small, ids, cats, alpha))
+            (p.name, overlay(small, ids, cats, alpha, labels))
             for p, ids, (_, cats) in zip(predictions, id_maps[1:], segs[1:])
         ]
         path = out_dir / f"panel_{image_id}.png"

@@ -35,7 +35,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from vocabseg.data.labels import EVAL_LABELS
+from vocabseg.data.labelset import LabelSet
 from vocabseg.errors import InputError
 from vocabseg.evaluation.bootstrap import BootstrapSettings, bootstrap_rows
 from vocabseg.openworld.metrics import OpenWorldImageStats, openworld_table_row
@@ -86,8 +86,10 @@ def _x100(group: dict | None, key: str) -> float | None:
     return round(100.0 * group[key], 3)
 
 
-def results_frame(metrics_files: Sequence[Path]) -> pd.DataFrame:
-    """One row per metrics file: approach, seed label, PQ/SQ/RQ x100 and the run facts."""
+def results_frame(metrics_files: Sequence[Path], labels: LabelSet | None = None) -> pd.DataFrame:
+    """One row per metrics file: approach, seed label, PQ/SQ/RQ x100, the run facts and
+    the PQ of every evaluated class of ``labels`` (None: Cityscapes)."""
+    evaluated = (labels or LabelSet.cityscapes()).evaluated
     rows = []
     for path in metrics_files:
         m = load_metrics(path)
@@ -111,11 +113,11 @@ def results_frame(metrics_files: Sequence[Path]) -> pd.DataFrame:
         row.update({fact: run.get(fact, "") for fact in _FACTS})
         row["kind"] = run.get("kind", "")
         row["eval vocab"] = run.get("eval_vocab", "")
-        for lb in EVAL_LABELS:
+        for lb in evaluated:
             row[f"pq/{lb.name}"] = _x100(m["per_class"].get(str(lb.id)), "pq")
         rows.append(row)
     columns = ["approach", "label", "seed PQ", "PQ", "PQ In", "PQ Out", "SQ", "RQ", "mIoU", *_FACTS, "kind", "eval vocab"]
-    return pd.DataFrame(rows, columns=[*columns, *(f"pq/{lb.name}" for lb in EVAL_LABELS)])
+    return pd.DataFrame(rows, columns=[*columns, *(f"pq/{lb.name}" for lb in evaluated)])
 
 
 def interval_columns(
@@ -320,6 +322,7 @@ def write_report(
     bootstrap: BootstrapSettings = BootstrapSettings(),
     openworld_image_stats: Sequence[Path] = (),
     openworld_references: Sequence[str] = (),
+    labels: LabelSet | None = None,
 ) -> pd.DataFrame:
     """Write the Markdown table, the CSV, the PQ bar chart and (if a path is given)
     the In/Out trade-off plot; return the CSV's frame. ``openworld_files`` (ContMAV metrics)
@@ -327,10 +330,11 @@ def write_report(
     ``image_stats`` (one per metrics file) add bootstrap intervals and paired
     comparisons with the ``references`` rows (at most four); ``openworld_image_stats``
     and ``openworld_references`` do the same for the open-world table."""
+    labels = labels or LabelSet.cityscapes()
     rows, boot, legend = _with_intervals(
-        results_frame(metrics_files), image_stats, references, bootstrap, METRIC_COLUMNS
+        results_frame(metrics_files, labels), image_stats, references, bootstrap, METRIC_COLUMNS
     )
-    per_class = ["approach", *[f"pq/{lb.name}" for lb in EVAL_LABELS]]
+    per_class = ["approach", *[f"pq/{lb.name}" for lb in labels.evaluated]]
     frame, cells, frame_csv, replicates_legend = _by_approach(rows, boot, references, METRIC_COLUMNS, per_class[1:])
     main = ["approach", "seed row", "seed PQ All / In / Out", "PQ", "PQ In", "PQ Out", "SQ", "RQ", "mIoU", *_FACTS, "eval vocab"]
     eval_vocab = frame["eval vocab"].iloc[0] if len(frame) else ""
@@ -339,7 +343,7 @@ def write_report(
         if frame.empty
         else [
             f"# {title}",
-            "PQ, SQ, RQ and mIoU x100 on the validation set (all 19 classes). "
+            f"PQ, SQ, RQ and mIoU x100 on the validation set (all {labels.num_classes} classes). "
             f"In / Out: the in- and out-of-vocabulary classes of configuration {eval_vocab}. "
             "Seed row: the row of the seed's results table the approach reproduces; seed PQ: "
             "that row's numbers in the seed (Cityscapes, R50 unless noted), beside ours." + replicates_legend + legend,

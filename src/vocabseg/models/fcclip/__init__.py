@@ -25,7 +25,6 @@ from .config import PRESETS, FCCLIPConfig, preset_config
 from .fcclip import FCCLIP, FCCLIPHead, geometric_ensemble, panoptic_inference, semantic_inference
 from .text import (
     CITYSCAPES_CLASS_NAMES,
-    CITYSCAPES_PROMPT_ENG,
     VILD_TEMPLATES,
     TextClassifier,
     build_text_classifier,
@@ -50,7 +49,6 @@ __all__ = [
     "panoptic_inference",
     "semantic_inference",
     "VILD_TEMPLATES",
-    "CITYSCAPES_PROMPT_ENG",
     "CITYSCAPES_CLASS_NAMES",
     "parse_class_names",
     "overlap_mask",

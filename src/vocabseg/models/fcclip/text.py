@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vocabseg.data.labelset import LabelSet
+from vocabseg.data.prompts import parse_class_names
 from vocabseg.errors import InputError
 from vocabseg.fileio import torch_load_checked, torch_save_atomic
 
 __all__ = [
     "VILD_TEMPLATES",
-    "CITYSCAPES_PROMPT_ENG",
     "CITYSCAPES_CLASS_NAMES",
     "parse_class_names",
     "overlap_mask",
@@ -49,59 +50,8 @@ VILD_TEMPLATES: tuple[str, ...] = (
     "There is a large {} in the scene.",
 )
 
-# FC-CLIP's prompt-engineered Cityscapes names, "<trainId>:<syn1>,<syn2>,...".
-CITYSCAPES_PROMPT_ENG = """\
-0:road,railroad
-1:sidewalk,pavement
-2:building,buildings,edifice,edifices,house,ceiling
-3:wall,walls,brick wall,stone wall,tile wall,wood wall
-4:fence,fences
-5:pole,poles
-6:traffic light,traffic lights
-7:traffic sign,stop sign
-8:vegetation,tree,trees,palm tree,bushes
-9:terrain,river,sand,sea,snow,water,mountain,grass,dirt,rock
-10:sky,clouds
-11:person
-12:rider
-13:car,cars
-14:truck,trucks
-15:bus,buses
-16:train,trains,locomotive,locomotives,freight train
-17:motorcycle,motorcycles
-18:bicycle,bicycles,bike,bikes"""
-
-
-def parse_class_names(text: str | Iterable[str], *, source: str = "class names") -> dict[int, list[str]]:
-    """Parse ``"<id>:<syn1>,<syn2>,..."`` lines into {id: [synonyms]} in line order.
-
-    Synonyms are split like upstream (``", "`` counts as ``","``; names are not
-    otherwise stripped); blank lines are skipped, and so are entries named
-    ``invalid_class_id``. A malformed line or a repeated id raises
-    :class:`InputError` naming ``source`` and the line number.
-    """
-    lines = text.splitlines() if isinstance(text, str) else list(text)
-    out: dict[int, list[str]] = {}
-    for number, raw in enumerate(lines, start=1):
-        line = raw.strip()
-        if not line:
-            continue
-        head, sep, names = line.partition(":")
-        synonyms = names.replace(", ", ",").split(",")
-        if not sep or not head.strip().lstrip("-").isdigit() or not all(synonyms):
-            raise InputError(f"{source}, line {number}: expected '<id>:<name>[,<synonym>...]', got {raw!r}")
-        class_id = int(head)
-        if class_id in out:
-            raise InputError(f"{source}, line {number}: class id {class_id} appears twice")
-        if synonyms == ["invalid_class_id"]:
-            continue
-        out[class_id] = synonyms
-    return out
-
-
-CITYSCAPES_CLASS_NAMES: list[list[str]] = list(
-    parse_class_names(CITYSCAPES_PROMPT_ENG, source="Cityscapes prompt names").values()
-)
+# FC-CLIP's prompt-engineered Cityscapes names (the Cityscapes label set's synonyms).
+CITYSCAPES_CLASS_NAMES: list[list[str]] = [list(c.synonyms) for c in LabelSet.cityscapes().evaluated]
 """The 19 Cityscapes synonym lists in trainId order."""
 
 
