@@ -14,9 +14,12 @@ colour PNGs are rasterised from it by cityscapesscripts' own ``createLabelImage`
 ``createInstanceImage``, so they are by construction what the official tools make.
 The photo (``*_leftImg8bit.png``) is then rendered from the label and instance maps.
 
-Two visual domains share the label semantics: ``"target"`` (the data the pipeline
-fine-tunes and evaluates on) and ``"source"`` (another palette, other textures, a
-different camera and larger objects; used to pretrain a tiny model).
+Two visual domains share the label semantics and the paints of the things:
+``"target"`` (the data the pipeline fine-tunes and evaluates on) and ``"source"``
+(warmer light, other textures, a different camera and larger objects; used to
+pretrain a tiny model). Standing objects are at least 15 % of the image height tall
+(a person at 256x512 at least 38 px, as a near pedestrian at Cityscapes' 1024x2048 is
+~150 px): a tiny model at this resolution can learn and transfer every thing class.
 
 Layout, per split and city::
 
@@ -80,6 +83,7 @@ class Style:
     focal: float  # focal length / image width
     camera_height: float  # metres above the road
     object_scale: float  # multiplies every object size
+    min_object_height: float  # standing objects are placed near enough to be this tall / image height
     building_height: tuple[float, float]  # metres
     ego_height: float  # hood height at the image centre / image height
     palette: Mapping[str, RGB]
@@ -114,6 +118,21 @@ _TARGET_PALETTE: Mapping[str, RGB] = {
     "trailer": (150, 150, 140),
 }
 
+# The colours one thing instance's body can take, in both styles: the zero-shot shift
+# of the things is the camera, their size, the light and the textures around them.
+_INSTANCE_COLORS: Mapping[str, tuple[RGB, ...]] = {
+    "car": ((190, 192, 196), (30, 30, 34), (225, 225, 222), (160, 30, 30),
+            (40, 60, 130), (90, 92, 96), (120, 130, 90)),
+    "truck": ((230, 230, 225), (200, 110, 40), (60, 90, 150), (120, 40, 40)),
+    "bus": ((220, 185, 40), (190, 40, 40), (230, 230, 230), (50, 110, 170)),
+    "train": ((215, 215, 225), (180, 40, 40), (60, 90, 150)),
+    "motorcycle": ((30, 30, 35), (170, 30, 30), (200, 200, 205), (40, 60, 130)),
+    "bicycle": ((40, 40, 45), (180, 40, 40), (40, 90, 60), (200, 200, 200)),
+    "person": _CLOTHES, "rider": _CLOTHES,
+    "caravan": ((230, 228, 218), (210, 205, 190)),
+    "trailer": ((150, 150, 140), (90, 100, 80)),
+}
+
 
 def _warm(palette: Mapping[str, RGB]) -> dict[str, RGB]:
     """``palette`` in slightly warmer light: red up, blue down (void stays black)."""
@@ -134,21 +153,11 @@ STYLES: Mapping[str, Style] = {
         focal=0.65,
         camera_height=1.5,
         object_scale=1.0,
+        min_object_height=0.15,
         building_height=(7.0, 24.0),
         ego_height=0.08,
         palette=_TARGET_PALETTE,
-        instance_colors={
-            "car": ((190, 192, 196), (30, 30, 34), (225, 225, 222), (160, 30, 30),
-                    (40, 60, 130), (90, 92, 96), (120, 130, 90)),
-            "truck": ((230, 230, 225), (200, 110, 40), (60, 90, 150), (120, 40, 40)),
-            "bus": ((220, 185, 40), (190, 40, 40), (230, 230, 230), (50, 110, 170)),
-            "train": ((215, 215, 225), (180, 40, 40), (60, 90, 150)),
-            "motorcycle": ((30, 30, 35), (170, 30, 30), (200, 200, 205), (40, 60, 130)),
-            "bicycle": ((40, 40, 45), (180, 40, 40), (40, 90, 60), (200, 200, 200)),
-            "person": _CLOTHES, "rider": _CLOTHES,
-            "caravan": ((230, 228, 218), (210, 205, 190)),
-            "trailer": ((150, 150, 140), (90, 100, 80)),
-        },
+        instance_colors=_INSTANCE_COLORS,
         glass=(45, 60, 75),
         skin=((230, 190, 160), (190, 140, 100), (120, 80, 55)),
         windows="grid",
@@ -164,24 +173,14 @@ STYLES: Mapping[str, Style] = {
         focal=0.72,
         camera_height=1.4,
         object_scale=1.1,
+        min_object_height=0.15,
         building_height=(6.0, 18.0),
         ego_height=0.1,
         # The target palette in slightly warmer light; the shift lies in the camera,
-        # object sizes, textures and object paints: one a model can bridge (as COCO ->
-        # Cityscapes), not a different world.
+        # object sizes, textures, glass and skin: one a model can bridge
+        # (as COCO -> Cityscapes), not a different world.
         palette=_warm(_TARGET_PALETTE),
-        instance_colors={
-            "car": ((200, 60, 40), (235, 235, 230), (40, 40, 44), (70, 110, 170),
-                    (150, 155, 160), (230, 170, 40)),
-            "truck": ((240, 240, 235), (60, 130, 80), (180, 60, 50)),
-            "bus": ((60, 130, 190), (230, 120, 40), (235, 235, 235)),
-            "train": ((230, 230, 235), (60, 90, 150)),
-            "motorcycle": ((180, 40, 40), (30, 30, 35), (220, 220, 225)),
-            "bicycle": ((40, 90, 170), (30, 30, 30), (210, 60, 50)),
-            "person": _CLOTHES[::-1], "rider": ((230, 80, 40), (40, 40, 45), (60, 140, 200)),
-            "caravan": ((235, 230, 215), (200, 195, 180)),
-            "trailer": ((160, 150, 130), (90, 100, 80)),
-        },
+        instance_colors=_INSTANCE_COLORS,
         glass=(150, 220, 235),
         skin=((250, 220, 190), (220, 170, 120)),
         windows="bands",
@@ -493,11 +492,11 @@ class _Scene:
 
 def _depth_range(scene: _Scene, x: float, height: float) -> tuple[float, float] | None:
     """Depths at which an object at lateral x and ``height`` metres tall is in view,
-    stands above the ego hood and is at least a few pixels tall; None if nowhere."""
+    stands above the ego hood and is at least the style's minimum height; None if nowhere."""
     cam, style = scene.cam, scene.style
     hood_row = cam.height * (1 - style.ego_height)
     lo = max(cam.ground_depth(hood_row) * 1.15, abs(x) * cam.view.focal / (0.48 * cam.width), 2.0)
-    min_px = max(5.0, 0.02 * cam.height)
+    min_px = max(5.0, style.min_object_height * cam.height)
     hi = min(cam.view.focal * height / min_px, scene.street.end - 2.0)
     return (lo, hi) if hi > lo * 1.05 else None
 
