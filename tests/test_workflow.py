@@ -324,9 +324,10 @@ TINY_ORDERING = {
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the tiny chain's zero-shot model knows no out-class yet (Out PQ 0; also with 300 base "
-    "iterations at 128x256): the synthetic world must become learnable (issue 12, second part); "
-    "remove this mark then",
+    reason="the tiny chain (64x128, 4 CLIP steps, 4 base iterations) is far too short for its "
+    "zero-shot model to know any out-class (Out PQ 0); the default study's world is learnable but "
+    "needs 600 CLIP steps and 2000 base iterations (minutes): a test-sized base model that knows "
+    "things is open work (issue 12); remove this mark then",
 )
 def test_tiny_chain_keeps_the_seeds_qualitative_ordering(tmp_path):
     """Lower bound Out = 0 < FTZS Out; zero-shot Out > 0: a regression in any of the
