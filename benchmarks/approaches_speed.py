@@ -90,7 +90,7 @@ def vocabulary() -> dict:
     import torch
 
     from vocabseg.approaches.study_model import vocab_ids
-    from vocabseg.data.labels import ID_TO_LABEL
+    from vocabseg.data.labelset import LabelSet
     from vocabseg.data.vocab import make_split
 
     class_ids = vocab_ids(None)
@@ -100,7 +100,7 @@ def vocabulary() -> dict:
         "in_ids": list(split["in_ids"]),
         "out_ids": set(split["out_ids"]),
         "seen": torch.ones(len(class_ids), dtype=torch.bool),  # the zero-shot model saw all 19
-        "things": torch.tensor([ID_TO_LABEL[c].has_instances for c in class_ids]),
+        "things": torch.tensor([LabelSet.cityscapes().by_id[c].isthing for c in class_ids]),
     }
 
 

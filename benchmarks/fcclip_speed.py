@@ -147,7 +147,7 @@ def measure_inference(preset: str, images: int, height: int, width: int, seed: i
     import torch
 
     from vocabseg.approaches.study_model import vocab_ids
-    from vocabseg.data.labels import ID_TO_LABEL
+    from vocabseg.data.labelset import LabelSet
 
     gen = torch.Generator().manual_seed(seed)
     rss_imports = peak_rss_mib()
@@ -158,7 +158,7 @@ def measure_inference(preset: str, images: int, height: int, width: int, seed: i
     text = random_text(model.backbone.dim_latent, gen)
     ids = vocab_ids(None)
     seen = torch.ones(len(ids), dtype=torch.bool)  # the base model's vocabulary: all 19
-    things = torch.tensor([ID_TO_LABEL[i].has_instances for i in ids])
+    things = torch.tensor([LabelSet.cityscapes().by_id[i].isthing for i in ids])
     times, cpu_times, segments = [], [], []
     for _ in range(1 + images):
         batch = random_image(1, height, width, gen)

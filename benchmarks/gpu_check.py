@@ -245,12 +245,12 @@ def step_inference(args, cfg) -> dict:
 
     from fcclip_speed import build, random_text
     from vocabseg.approaches.study_model import vocab_ids
-    from vocabseg.data.labels import ID_TO_LABEL
+    from vocabseg.data.labelset import LabelSet
 
     dev = torch.device(args.device)
     ids = vocab_ids(None)
     seen = torch.ones(len(ids), dtype=torch.bool, device=dev)
-    things = torch.tensor([ID_TO_LABEL[i].has_instances for i in ids], device=dev)
+    things = torch.tensor([LabelSet.cityscapes().by_id[i].isthing for i in ids], device=dev)
     rows = {}
     for preset in cfg["presets"]:
         torch.manual_seed(0)
