@@ -191,3 +191,31 @@ def test_signatures_draw_no_random_numbers():
     torch.manual_seed(3)
     config_signature(preset_config("r50", num_queries=7))  # built now, not cached
     assert torch.equal(torch.rand(4), expected)
+
+
+@pytest.mark.parametrize("restrict", [False, True])
+def test_text_classifier_of_other_classes_than_predicted_names_the_file(tmp_path, capsys, never_build, restrict):
+    """`vocabseg predict` checks its text classifier against the classes it predicts
+    (every class, or the in-classes of --classes) before any model is built."""
+    import json
+
+    from vocabseg.cli import main
+    from vocabseg.data.labelset import LabelSet
+    from vocabseg.data.vocab import make_split
+    from vocabseg.models.fcclip import save_text_classifier
+
+    labels = LabelSet.cityscapes()
+    split = make_split("008", labels)
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    ids = labels.eval_ids if restrict else split["in_ids"]  # the wrong one each time
+    names = study_model.class_names(labels.sorted_ids(ids), labels)
+    save_text_classifier(tmp_path / "text.pt", torch.zeros(sum(map(len, names)), 8), [len(n) for n in names],
+                         names, TINY_CLIP_NAME)
+    argv = ["predict", "--model", json.dumps({"preset": "tiny"}), "--weights", str(tmp_path / "w.pt"),
+            "--text", str(tmp_path / "text.pt"), "--gt-json", str(tmp_path / "gt.json"), "--image-root",
+            str(tmp_path), "--out-json", str(tmp_path / "p.json"), "--out-folder", str(tmp_path / "p")]
+    if restrict:
+        argv += ["--classes", str(tmp_path / "split.json")]
+    assert main(argv) != 0
+    what = "the in-classes of" if restrict else "every class of the label set"
+    assert f"text.pt: text classifier of other classes than {what}" in capsys.readouterr().err

@@ -315,8 +315,15 @@ def cmd_text_embeddings(a: argparse.Namespace) -> None:
 def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="the study's model block as JSON")
     p.add_argument("--weights", type=Path, required=True)
-    p.add_argument("--text", type=Path, required=True, help="text classifier of every class")
+    p.add_argument("--text", type=Path, required=True, help="text classifier of the predicted classes")
     p.add_argument("--train-split", type=Path, default=None, help="split.json the model was trained on")
+    p.add_argument(
+        "--classes",
+        type=Path,
+        default=None,
+        metavar="SPLIT",
+        help="predict only the in-classes of this split.json (--text is that split's classifier); default: every class",
+    )
     p.add_argument("--gt-json", type=Path, required=True, help="prepared panoptic JSON listing the images")
     p.add_argument("--image-root", type=Path, required=True, help="leftImg8bit/<split> folder")
     p.add_argument("--out-json", type=Path, required=True)
@@ -333,7 +340,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
     import torch
 
     from vocabseg.approaches.combined import build_combined
-    from vocabseg.approaches.study_model import ModelSpec, build_model, vocab_ids
+    from vocabseg.approaches.study_model import ModelSpec, build_model, class_names, vocab_ids
     from vocabseg.approaches.predict import image_list, predict_panoptic
     from vocabseg.models.fcclip import load_text_classifier
 
@@ -341,14 +348,19 @@ def cmd_predict(a: argparse.Namespace) -> None:
         torch.set_num_threads(a.threads)
     spec, labels = ModelSpec.from_json(a.model), _labels(a)
     trained_on = vocab_ids(read_json(a.train_split), labels) if a.train_split else []
+    class_ids = vocab_ids(read_json(a.classes) if a.classes else None, labels)
+    text = load_text_classifier(a.text)
+    if text.class_names != class_names(class_ids, labels):
+        what = f"the in-classes of {a.classes}" if a.classes else "every class of the label set"
+        raise InputError(f"{a.text}: text classifier of other classes than {what}")
     if a.combined:
         model = build_combined(spec, a.weights, fusion=a.combined, predict_with=a.predict_with)
     else:
         model = build_model(spec, a.weights)
     n = predict_panoptic(
         model,
-        load_text_classifier(a.text),
-        vocab_ids(None, labels),
+        text,
+        class_ids,
         spec.seen(trained_on, labels),
         image_list(a.gt_json, a.image_root),
         a.out_json,

@@ -574,6 +574,19 @@ def train_split_of(approach):
     return [f"{RESULTS}/vocab/{spec['vocab']}/split.json"] if "vocab" in spec else []
 
 
+def predicts_own_vocab(approach):
+    """Whether an approach predicts only the in-classes of its vocabulary
+    (`predict_classes: vocab`, the seed's lower bound) instead of every class."""
+    return spec_of(approach).get("predict_classes", "all") == "vocab"
+
+
+def predict_text_of(approach):
+    """Text classifier an approach predicts with: its vocabulary's, or every class's."""
+    if predicts_own_vocab(approach):
+        return f"{TEXT}/{spec_of(approach)['vocab']}.pt"
+    return f"{TEXT}/000.pt"
+
+
 def train_inputs(approach):
     """Ground truth and text classifier of a trained approach (rule `train`)."""
     spec = spec_of(approach)

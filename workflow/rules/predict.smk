@@ -24,7 +24,7 @@ rule oracle:
 rule predict:
     input:
         weights=lambda wc: weights_of(wc.approach),
-        text=f"{TEXT}/000.pt",
+        text=lambda wc: predict_text_of(wc.approach),
         train_split=lambda wc: train_split_of(wc.approach),
         labels=LABELS,
         prepared=PREPARED,
@@ -53,11 +53,14 @@ rule predict:
         train_split=lambda wc, input: (
             f"--train-split {input.train_split}" if input.train_split else ""
         ),
+        classes=lambda wc, input: (
+            f"--classes {input.train_split}" if predicts_own_vocab(wc.approach) else ""
+        ),
         batch=config["inference"]["batch_size"],
         combined=lambda wc: combined_args(wc.approach),
     shell:
         "vocabseg predict --model {params.model:q} --weights {input.weights} --text {input.text}"
-        " {params.train_split} {params.combined} --labels {input.labels} --gt-json {input.prepared}/cityscapes_panoptic_val.json"
+        " {params.train_split} {params.classes} {params.combined} --labels {input.labels} --gt-json {input.prepared}/cityscapes_panoptic_val.json"
         " --image-root {input.raw}/leftImg8bit/val --out-json {output.json}"
         " --out-folder {output.folder} --batch-size {params.batch} --threads {threads} > {log} 2>&1"
 

@@ -8,8 +8,10 @@ whose ``segments_info`` carry the dataset's label ids and each segment's confide
 :func:`vocabseg.models.fcclip.panoptic_inference`; the pseudo-label builder reads it).
 
 Batched, under ``torch.no_grad``, with float16 autocast on GPU. The test vocabulary
-is always every evaluated class of the label set; the ensemble's "seen" classes are the base
-model's training classes plus the approach's own training vocabulary.
+is the text classifier's classes: every evaluated class of the label set, or (the
+seed's lower bound, ``predict_classes: vocab``) only the in-classes it was trained on;
+the ensemble's "seen" classes are the base model's training classes plus the
+approach's own training vocabulary.
 """
 
 from __future__ import annotations
