@@ -138,8 +138,11 @@ def test_bdd_anomaly_without_its_folder_names_the_key(tmp_path):
 
 
 def test_dry_run_of_every_seed_row_on_the_synthetic_city(tmp_path):
-    res = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config/synthetic-seed.yaml"))
+    overlay = REPO / "config/synthetic-seed.yaml"
+    res = snakemake(tmp_path, "-n", "--configfile", str(REPO / "config/config.yaml"), str(overlay))
     assert res.returncode == 0, res.stderr + res.stdout
+    assert "results/synthetic-seed/models/lowerbound/model.pt" in res.stdout  # the overlay's study
+    assert "combined/mean_008_1000_from_ftzs+lowerbound" in res.stdout  # and its iterations
     jobs = jobs_planned(res.stdout)
     # 7 combined runs: the default start (the mean rows share one) and one from the base weights
     assert jobs["train"] == 5 and jobs["train_combined"] == 7 and jobs["pseudolabel"] == 1
