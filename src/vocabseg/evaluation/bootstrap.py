@@ -178,16 +178,14 @@ def anomaly_resamples(
     the grouped curves of the resample plus the full sample's within-group part.
     ``{"anomaly/<metric>": (B,) float64}``; resamples are taken ``chunk // bins`` at a
     time, so memory stays some ten times ``chunk`` floats."""
-    pos, neg, pooled_pos, pooled_neg = stats.rebinned_scores(score_bins, FPR_TPR)
+    pos, neg, point = stats.rebinned_scores(score_bins, FPR_TPR)
     step = max(1, chunk // max(1, pos.shape[1]))
     parts = [anomaly_metrics(counts[b : b + step] @ pos, counts[b : b + step] @ neg)
              for b in range(0, counts.shape[0], step)]
-    values = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
-    if pos.shape[1] < pooled_pos.size:  # grouped: add the part of the full sample's curves inside the groups
-        grouped = anomaly_metrics(pos.sum(axis=0)[None], neg.sum(axis=0)[None])
-        full = anomaly_metrics(pooled_pos[None], pooled_neg[None])
-        values = {key: (v - grouped[key][0]) + full[key][0] for key, v in values.items()}
-    return values
+    grouped = anomaly_metrics(pos.sum(axis=0)[None], neg.sum(axis=0)[None])  # the full sample, grouped
+    # + the part of the full sample's curves inside the groups (0 up to rounding if nothing is grouped)
+    return {key: (np.concatenate([part[key] for part in parts]) - grouped[key][0]) + full
+            for key, full in zip(("anomaly/aupr", "anomaly/auroc", "anomaly/fpr95"), point)}
 
 
 def _openworld_metrics(stats: OpenWorldImageStats, counts: np.ndarray, score_bins: int) -> dict[str, np.ndarray]:

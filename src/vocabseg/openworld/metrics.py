@@ -99,6 +99,7 @@ the metrics (``anomaly.error_bound``) so that a run shows it, and ``contmav-eval
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -489,6 +490,10 @@ class OpenWorldImageStats:
             similar known class is its target (class similarity; zeros for a class
             without a target, (N, 0, 2) without class-similarity input or in files
             written before it was kept).
+        score_point: None when the score counts are at the resolution of the point
+            estimate; after :meth:`grouped`, (3,) float64 AUPR, AUROC, FPR95 of all
+            images at that resolution (NaN where undefined), which the grouped counts
+            no longer hold.
     """
 
     image_ids: np.ndarray
@@ -503,6 +508,7 @@ class OpenWorldImageStats:
     contingency: np.ndarray
     gt_area: np.ndarray
     similar: np.ndarray
+    score_point: np.ndarray | None = None
 
     COUNTS = ("known_inter", "known_union", "score_offsets", "score_keys", "score_pos", "score_neg",
               "contingency", "gt_area", "similar")
@@ -510,6 +516,8 @@ class OpenWorldImageStats:
     def save(self, path: Path | str) -> None:
         """Write a compressed ``.npz`` (plain arrays, no pickle) atomically."""
         arrays = {name: getattr(self, name) for name in ("image_ids", *self.COUNTS)}
+        if self.score_point is not None:
+            arrays["score_point"] = self.score_point
         write_npz_atomic({**arrays, "n_known": np.int64(self.n_known), "open_world": np.bool_(self.open_world)}, path)
 
     @classmethod
@@ -533,17 +541,18 @@ class OpenWorldImageStats:
             raise InputError(f"{path}: {what} lack {', '.join(missing)}")
         arrays.setdefault("similar", np.zeros((arrays["image_ids"].size, 0, 2), np.int64))
         flags = {"n_known": int(arrays["n_known"]), "open_world": bool(arrays["open_world"])}
-        return cls(**{**{f: arrays[f] for f in fields}, **flags})
+        return cls(**{**{f: arrays[f] for f in fields}, **flags}, score_point=arrays.get("score_point"))
 
-    def rebinned_scores(self, max_bins: int, tpr: float = FPR_TPR) -> tuple[np.ndarray, ...]:
+    def rebinned_scores(self, max_bins: int, tpr: float = FPR_TPR) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every image's score counts on one grid of at most ``max_bins`` bins.
 
         The M bins (or distinct scores) that any image has pixels in are pooled over
         all images and grouped by :func:`score_grid` (edges from the pooled counts);
-        returns ``(pos [N, M'], neg [N, M'], pooled_pos [M], pooled_neg [M])`` float64,
-        all ascending: the grouped per-image counts, whose (weighted) sums over images
-        a resample's curves come from, and the pooled counts before grouping, whose
-        metrics are the point estimate. ``M <= max_bins``: no grouping (M' = M).
+        returns ``(pos [N, M'], neg [N, M'], point [3])`` float64: the grouped per-image
+        counts (ascending), whose weighted sums over images a resample's curves come
+        from, and AUPR, AUROC, FPR95 of all images before grouping (NaN where
+        undefined; :func:`metrics_from_counts` of the pooled counts, so exactly the
+        metrics file's point estimate). ``M <= max_bins``: no grouping (M' = M).
         """
         n = self.image_ids.size
         keys = self.score_keys
@@ -558,13 +567,32 @@ class OpenWorldImageStats:
         m = int(fine.max()) + 1 if fine.size else 0
         pooled_pos = np.bincount(fine, weights=self.score_pos, minlength=m)
         pooled_neg = np.bincount(fine, weights=self.score_neg, minlength=m)
-        group = score_grid(pooled_pos.astype(np.int64), pooled_neg.astype(np.int64), max_bins, tpr)
+        pooled_pos, pooled_neg = pooled_pos.astype(np.int64), pooled_neg.astype(np.int64)
+        group = score_grid(pooled_pos, pooled_neg, max_bins, tpr)
         width = int(group[-1]) + 1 if m else 0
         image = np.repeat(np.arange(n), np.diff(self.score_offsets))
         cell = image * width + group[fine]
         pos = np.bincount(cell, weights=self.score_pos, minlength=n * width).reshape(n, width)
         neg = np.bincount(cell, weights=self.score_neg, minlength=n * width).reshape(n, width)
-        return pos, neg, pooled_pos, pooled_neg
+        if self.score_point is not None:
+            return pos, neg, np.asarray(self.score_point, np.float64)
+        point = metrics_from_counts(np.cumsum(pooled_pos[::-1]), np.cumsum(pooled_neg[::-1]), tpr)
+        return pos, neg, np.array([np.nan if point[k] is None else point[k] for k in ("aupr", "auroc", "fpr95")])
+
+    def grouped(self, max_bins: int, tpr: float = FPR_TPR) -> OpenWorldImageStats:
+        """These statistics with the score counts on the :meth:`rebinned_scores` grid
+        (keys: the group, int32) and the point estimate kept in ``score_point``: what
+        the bootstrap needs, in memory bounded by N x ``max_bins`` (the report groups
+        every row as it loads it). Its :meth:`rebinned_scores` with the same
+        ``max_bins`` gives the same counts and point."""
+        pos, neg, point = self.rebinned_scores(max_bins, tpr)
+        image, group = np.nonzero((pos + neg) > 0)
+        offsets = np.searchsorted(image, np.arange(self.image_ids.size + 1))
+        return dataclasses.replace(
+            self, score_offsets=offsets.astype(np.int64), score_keys=group.astype(np.int32),
+            score_pos=pos[image, group].astype(np.int32), score_neg=neg[image, group].astype(np.int32),
+            score_point=point,
+        )
 
 
 class OpenWorldAccumulator:

@@ -356,7 +356,8 @@ def write_report(
         ow_rows = openworld_frame(openworld_files)
         shown = list(ow_rows.columns)
         ow_rows, ow_boot, ow_legend = _with_intervals(
-            ow_rows, openworld_image_stats, openworld_references, bootstrap, OPENWORLD_COLUMNS, OpenWorldImageStats.load
+            ow_rows, openworld_image_stats, openworld_references, bootstrap, OPENWORLD_COLUMNS,
+            lambda path: OpenWorldImageStats.load(path).grouped(bootstrap.score_bins),  # one row's full counts at a time
         )
         _, ow_cells, ow_csv_frame, ow_replicates_legend = _by_approach(
             ow_rows, ow_boot, openworld_references, OPENWORLD_COLUMNS
