@@ -329,24 +329,6 @@ def test_openworld_resamples_equal_the_accumulator_on_the_resampled_image_list(s
     assert not np.isnan(resampled["class_similarity/accuracy"]).any()
 
 
-def test_openworld_stats_without_class_similarity_counts_still_load(tmp_path):
-    """Files written before the class-similarity counts were kept: every other interval,
-    none for the class similarity."""
-    from vocabseg.fileio import write_npz_atomic
-    from vocabseg.openworld.metrics import OpenWorldAccumulator, OpenWorldImageStats
-
-    acc = OpenWorldAccumulator(3, 2, score_bins=16, per_image=True, similar_targets={3: 1})
-    for image in openworld_images(np.random.default_rng(2), 4):
-        acc.update(image["gt"], **{key: v for key, v in image.items() if key != "gt"})
-    stats = acc.image_stats()
-    assert stats.similar.shape == (4, 2, 2) and stats.similar[:, 1].sum() == 0  # no target for class 4
-    arrays = {name: getattr(stats, name) for name in ("image_ids", *OpenWorldImageStats.COUNTS) if name != "similar"}
-    write_npz_atomic({**arrays, "n_known": np.int64(3), "open_world": np.bool_(True)}, tmp_path / "old.npz")
-    old = OpenWorldImageStats.load(tmp_path / "old.npz")
-    values = resampled_metrics(old, resample_counts(4, 3, seed=0))
-    assert np.isnan(values["class_similarity/accuracy"]).all() and not np.isnan(values["known/miou"]).any()
-
-
 def openworld_row_files(tmp_path, noise_of: dict[str, float]) -> list[tuple]:
     """(metrics JSON, per-image stats) of open-world rows on the same 12 random images,
     row ``name`` with its unknown score blurred by uniform noise of ``noise_of[name]``."""

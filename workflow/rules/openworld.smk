@@ -100,7 +100,8 @@ rule contmav_eval:
         CONDA_ENV
     threads: 1
     # the metrics stream into fixed score histograms; memory grows only by the per-image
-    # counts of the bootstrap, sparse (benchmarks/contmav_eval_memory.py); the cluster
+    # counts of the bootstrap, sparse (at worst about 15 MiB per 1024x2048 image:
+    # benchmarks/contmav_eval_memory.py, docs/benchmarks.md); the cluster
     # profiles give it one GPU
     resources:
         gpu=0,

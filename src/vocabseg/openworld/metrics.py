@@ -488,8 +488,7 @@ class OpenWorldImageStats:
         open_world: whether open-world predictions were scored (else no OW mIoU).
         similar: (N, U, 2) int64 per unknown class: its GT pixels and those whose most
             similar known class is its target (class similarity; zeros for a class
-            without a target, (N, 0, 2) without class-similarity input or in files
-            written before it was kept).
+            without a target, (N, 0, 2) without class-similarity input).
         score_point: None when the score counts are at the resolution of the point
             estimate; after :meth:`grouped`, (3,) float64 AUPR, AUROC, FPR95 of all
             images at that resolution (NaN where undefined), which the grouped counts
@@ -524,9 +523,7 @@ class OpenWorldImageStats:
     def load(cls, path: Path | str) -> OpenWorldImageStats:
         """Read a file of :meth:`save`; a missing or damaged one is an InputError naming
         it, and so is one of an older version whose score counts are 1000-bin histograms
-        per image (too coarse: its intervals could exclude their own value). A file
-        without ``similar`` (written before it was kept) has no class-similarity counts:
-        its class similarity gets no interval."""
+        per image (too coarse: its intervals could exclude their own value)."""
         fields = ("image_ids", "n_known", "open_world", *cls.COUNTS)
         what = "open-world per-image statistics"
         arrays = read_npz(path, ["image_ids", "n_known", "open_world"], what)
@@ -536,10 +533,9 @@ class OpenWorldImageStats:
                 "bins per image, too coarse for the intervals); rerun the evaluation that wrote it "
                 "(snakemake --forcerun contmav_eval, or contmav-eval --images-out)"
             )
-        missing = [f for f in fields if f not in arrays and f != "similar"]
+        missing = [f for f in fields if f not in arrays]
         if missing:
             raise InputError(f"{path}: {what} lack {', '.join(missing)}")
-        arrays.setdefault("similar", np.zeros((arrays["image_ids"].size, 0, 2), np.int64))
         flags = {"n_known": int(arrays["n_known"]), "open_world": bool(arrays["open_world"])}
         return cls(**{**{f: arrays[f] for f in fields}, **flags}, score_point=arrays.get("score_point"))
 
@@ -716,16 +712,15 @@ class OpenWorldAccumulator:
         def stack(name: str, width: int) -> np.ndarray:
             return np.array([image[name] for image in self._images], dtype=np.int64).reshape(n, width)
 
-        sparse = ("score_keys", "score_pos", "score_neg")
-        no_pixel = dict(zip(sparse, self.scores.image_counts(np.zeros(0), np.zeros(0, bool))))  # dtypes
-
+        no_pixel = self.scores.image_counts(np.zeros(0), np.zeros(0, bool))  # the dtypes of the score counts
         ids = [str(i) for i in range(n)] if image_ids is None else list(image_ids)
         with_similar = self._has_similar and bool(self.targets)  # else summarize() has no class similarity
         return OpenWorldImageStats(
             image_ids=np.array(ids, dtype=str), n_known=self.k, open_world=self._has_ow,
             known_inter=stack("known_inter", self.k), known_union=stack("known_union", self.k),
             score_offsets=np.cumsum([0] + [image["score_keys"].size for image in self._images], dtype=np.int64),
-            **{name: np.concatenate([no_pixel[name], *(image[name] for image in self._images)]) for name in sparse},
+            **{name: np.concatenate([empty, *(image[name] for image in self._images)])
+               for name, empty in zip(("score_keys", "score_pos", "score_neg"), no_pixel)},
             contingency=contingency, gt_area=stack("gt_area", c),
             similar=stack("similar", 2 * self.u).reshape(n, self.u, 2) if with_similar else np.zeros((n, 0, 2), np.int64),
         )
