@@ -282,6 +282,7 @@ def test_report_command_takes_the_uncertainty_options(dataset, tmp_path):
     assert main(args) == 0
     assert "(50 resamples, seed 3" in (tmp_path / "t.md").read_text()
     assert main([*args[:3], str(tmp_path / "a.json"), *args[3:]]) == 1  # two metrics, one npz
+    assert main([*args, "--score-bins", "5"]) == 1  # the open-world rows' score groups: at least 10
 
 
 # --------------------------------------------------------------------------- open-world rows
@@ -355,11 +356,13 @@ def test_openworld_stats_round_trip_and_enter_the_table(tmp_path):
     loaded = OpenWorldImageStats.load(files[0][1])
     assert loaded.n_known == 3 and loaded.open_world and loaded.score_offsets.shape == (13,)
     assert loaded.score_keys.dtype == np.int32 and loaded.score_keys.max() < 32  # bins of the 32-bin curves
+    assert np.unique(loaded.score_keys).size > 10  # so the report's 10 score groups group them
     md, table_csv = tmp_path / "t.md", tmp_path / "t.csv"
     write_report([], md, table_csv, tmp_path / "b.png", "T", openworld_files=[j for j, _ in files],
                  openworld_image_stats=[n for _, n in files], openworld_references=["contmav"],
-                 bootstrap=BootstrapSettings(resamples=200))
+                 bootstrap=BootstrapSettings(resamples=200, score_bins=10))
     text = md.read_text()
+    assert "grouped into at most 10 bins" in text
     assert "| contmav_focal |" in text and "AUROC" in text
     row = next(line for line in text.splitlines() if line.startswith("| contmav_focal |"))
     assert row.count("[") == 6  # every metric has its interval, the class similarity too

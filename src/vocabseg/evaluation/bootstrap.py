@@ -42,8 +42,8 @@ the second term being the part of the curves inside the groups, taken from the f
 sample. So the full sample (every image once) gives the point estimate exactly, and
 a resample b differs from its M-bin metric by at most ``E_b + E_1``, where E is the
 grouping's error bound (:meth:`~vocabseg.openworld.metrics.BinnedScores.error_bound`
-of the grouped counts; with L = (score_bins − 3) // 4 levels, AUROC <= 1/L, FPR95
-<= 2/L; 0 for the full sample's FPR95, whose bin is kept).
+of the grouped counts; on the full sample's groups, with L = (score_bins − 3) // 4
+levels, AUROC <= 1/L and FPR95 <= 2/L, and 0 for its FPR95, whose bin is kept).
 
 What the interval covers: the variation of the metric under a new draw of
 validation images from the same distribution, with the trained models fixed. It
