@@ -4,8 +4,8 @@ streamed score histograms (the default) against keeping every pixel's exact scor
 Each method runs in a fresh child process (so its peak resident memory is its own)
 that feeds N synthetic 1024x2048 evaluation images, one at a time, through
 :class:`vocabseg.openworld.metrics.OpenWorldAccumulator` as ``contmav-eval`` does
-(known mIoU counts, per-image histograms for the bootstrap with 1000 bins), then
-summarises:
+(known mIoU counts, the per-image score counts of the bootstrap at the metrics'
+resolution, sparse), then summarises:
 
 * binned: ``score_bins=SCORE_BINS`` (2^20 bins), the evaluation's default;
 * exact: ``score_bins=None``, every labelled pixel's float64 score and label kept and
@@ -20,7 +20,8 @@ numpy, the accumulator). The exact method's memory grows with the pixels: the sc
 prints its bytes per labelled pixel beyond the binned run's peak on the same images;
 where it would not fit, run it on fewer images (``--exact-images``) and the script
 prints, marked as an extrapolation, what N images would take. It checks that the binned metrics lie within their stated bound of the exact
-ones on the images both methods saw.
+ones on the images both methods saw, and prints the size of each run's per-image
+counts (entries, and bytes of the compressed ``.npz`` per image).
 
 Usage: python benchmarks/contmav_eval_memory.py [--images N] [--exact-images M] [--size H W]
 """
@@ -32,7 +33,9 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -54,7 +57,7 @@ def child(method: str, images: int, h: int, w: int, seed: int) -> None:
     """One method: accumulate ``images`` images, print a JSON line of time, memory, metrics."""
     from vocabseg.openworld.metrics import SCORE_BINS, OpenWorldAccumulator
 
-    acc = OpenWorldAccumulator(K, U, score_bins=SCORE_BINS if method == "binned" else None, image_bins=1000)
+    acc = OpenWorldAccumulator(K, U, score_bins=SCORE_BINS if method == "binned" else None, per_image=True)
     rng = np.random.default_rng(seed)
     start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     generate = generate_cpu = 0.0
@@ -68,12 +71,16 @@ def child(method: str, images: int, h: int, w: int, seed: int) -> None:
         labelled += int((gt != 255).sum())
         acc.update(gt, semantic_pred=np.minimum(gt, K - 1), unknown_score=score)
     anomaly = acc.summarize()["anomaly"]
-    acc.image_stats()
+    stats = acc.image_stats()
     seconds = time.perf_counter() - start - generate
     cpu = time.process_time() - start_cpu - generate_cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with tempfile.TemporaryDirectory() as tmp:
+        stats.save(Path(tmp) / "images.npz")
+        npz = (Path(tmp) / "images.npz").stat().st_size
     print(json.dumps({"method": method, "images": images, "labelled": labelled, "seconds": seconds, "cpu": cpu,
-                      "generate_s": generate, "peak": peak, "start": start_rss, "anomaly": anomaly}))
+                      "generate_s": generate, "peak": peak, "start": start_rss, "anomaly": anomaly,
+                      "entries": int(stats.score_keys.size), "npz": npz}))
 
 
 def run(method: str, images: int, h: int, w: int, seed: int) -> dict:
@@ -108,6 +115,9 @@ def main() -> None:
     for r in runs:
         print(f"{r['method']:8} {r['images']:6d} {r['labelled']:12d} {r['seconds']:8.1f} {r['cpu']:8.1f} "
               f"{r['seconds'] / r['images']:8.3f} {r['peak'] / mib:12.0f} {(r['peak'] - r['start']) / mib:15.0f}")
+    for r in runs:
+        print(f"{r['method']:8} per-image counts: {r['entries'] / r['images']:.0f} entries "
+              f"({r['entries'] / r['labelled']:.3f} per labelled pixel), .npz {r['npz'] / r['images'] / 1e3:.0f} kB per image")
     binned_n = next(r for r in runs if r["method"] == "binned" and r["images"] == args.images)
     binned_same = next(r for r in runs if r["method"] == "binned" and r["images"] == n_exact)
     exact = runs[1]

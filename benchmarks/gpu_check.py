@@ -458,7 +458,7 @@ def step_contmav(args, cfg) -> dict:
     times["contmav_eval"] = run_logged(vocabseg(
         "contmav-eval", "--model", str(model), *roots("val"), "--unknown", *map(str, UNKNOWN),
         "--cluster-stride", "4", "--threads", str(args.threads), *device_arg, "--out", str(metrics),
-        "--images-out", str(run / "metrics.images.npz"), "--image-bins", "1000",
+        "--images-out", str(run / "metrics.images.npz"),
     ), work / "logs/contmav/eval.log", env, limit)
     results = json.loads(metrics.read_text())
     cli_device = results["run"].get("device") or (args.device if device_arg else "cpu (contmav-eval has no device option)")

@@ -282,6 +282,7 @@ def test_report_command_takes_the_uncertainty_options(dataset, tmp_path):
     assert main(args) == 0
     assert "(50 resamples, seed 3" in (tmp_path / "t.md").read_text()
     assert main([*args[:3], str(tmp_path / "a.json"), *args[3:]]) == 1  # two metrics, one npz
+    assert main([*args, "--score-bins", "5"]) == 1  # the open-world rows' score groups: at least 10
 
 
 # --------------------------------------------------------------------------- open-world rows
@@ -303,14 +304,17 @@ def openworld_images(rng, n_images: int, k: int = 3, u: int = 2, shape=(12, 16))
     return images
 
 
-def test_openworld_resamples_equal_the_accumulator_on_the_resampled_image_list():
+@pytest.mark.parametrize("score_bins", [64, None], ids=["binned", "exact"])
+def test_openworld_resamples_equal_the_accumulator_on_the_resampled_image_list(score_bins):
+    """Per-image counts at the accumulator's resolution (64 bins, or every distinct
+    score): every resample equals the accumulator fed the resampled image list."""
     from vocabseg.evaluation.bootstrap import OPENWORLD_METRICS
     from vocabseg.openworld.metrics import OpenWorldAccumulator
 
     rng = np.random.default_rng(6)
     images = openworld_images(rng, 6)
     targets = {3: 1}  # class similarity of unknown class 3; class 4 has no target
-    acc = OpenWorldAccumulator(3, 2, image_bins=64, similar_targets=targets)
+    acc = OpenWorldAccumulator(3, 2, score_bins=score_bins, per_image=True, similar_targets=targets)
     for image in images:
         acc.update(image["gt"], **{key: v for key, v in image.items() if key != "gt"})
     stats = acc.image_stats()
@@ -318,30 +322,12 @@ def test_openworld_resamples_equal_the_accumulator_on_the_resampled_image_list()
     assert (counts > 1).any()
     resampled = resampled_metrics(stats, np.vstack([np.ones(6), counts]))
     for b, row in enumerate([np.ones(6, int), *counts.astype(int)]):
-        again = OpenWorldAccumulator(3, 2, score_bins=64, similar_targets=targets)  # binned curves of the same scores
+        again = OpenWorldAccumulator(3, 2, score_bins=score_bins, similar_targets=targets)  # the same scores
         for image, c in zip(images, row):
             for _ in range(c):
                 again.update(image["gt"], **{key: v for key, v in image.items() if key != "gt"})
         assert_metrics_equal(again.summarize(), resampled, b, OPENWORLD_METRICS)
     assert not np.isnan(resampled["class_similarity/accuracy"]).any()
-
-
-def test_openworld_stats_without_class_similarity_counts_still_load(tmp_path):
-    """Files written before the class-similarity counts were kept: every other interval,
-    none for the class similarity."""
-    from vocabseg.fileio import write_npz_atomic
-    from vocabseg.openworld.metrics import OpenWorldAccumulator, OpenWorldImageStats
-
-    acc = OpenWorldAccumulator(3, 2, image_bins=16, similar_targets={3: 1})
-    for image in openworld_images(np.random.default_rng(2), 4):
-        acc.update(image["gt"], **{key: v for key, v in image.items() if key != "gt"})
-    stats = acc.image_stats()
-    assert stats.similar.shape == (4, 2, 2) and stats.similar[:, 1].sum() == 0  # no target for class 4
-    arrays = {name: getattr(stats, name) for name in ("image_ids", *OpenWorldImageStats.COUNTS) if name != "similar"}
-    write_npz_atomic({**arrays, "n_known": np.int64(3), "open_world": np.bool_(True)}, tmp_path / "old.npz")
-    old = OpenWorldImageStats.load(tmp_path / "old.npz")
-    values = resampled_metrics(old, resample_counts(4, 3, seed=0))
-    assert np.isnan(values["class_similarity/accuracy"]).all() and not np.isnan(values["known/miou"]).any()
 
 
 def openworld_row_files(tmp_path, noise_of: dict[str, float]) -> list[tuple]:
@@ -353,7 +339,7 @@ def openworld_row_files(tmp_path, noise_of: dict[str, float]) -> list[tuple]:
     images = openworld_images(rng, 12)
     files = []
     for name, noise in noise_of.items():
-        acc = OpenWorldAccumulator(3, 2, image_bins=32, similar_targets={3: 1, 4: 0})
+        acc = OpenWorldAccumulator(3, 2, score_bins=32, per_image=True, similar_targets={3: 1, 4: 0})
         for image in images:
             score = np.clip(image["unknown_score"] + noise * rng.random(image["gt"].shape), 0, 1)
             acc.update(image["gt"], **{**{key: v for key, v in image.items() if key != "gt"}, "unknown_score": score})
@@ -368,14 +354,129 @@ def test_openworld_stats_round_trip_and_enter_the_table(tmp_path):
 
     files = openworld_row_files(tmp_path, {"contmav": 0.0, "contmav_focal": 0.5})
     loaded = OpenWorldImageStats.load(files[0][1])
-    assert loaded.n_known == 3 and loaded.open_world and loaded.score_pos.shape == (12, 32)
+    assert loaded.n_known == 3 and loaded.open_world and loaded.score_offsets.shape == (13,)
+    assert loaded.score_keys.dtype == np.int32 and loaded.score_keys.max() < 32  # bins of the 32-bin curves
+    assert np.unique(loaded.score_keys).size > 10  # so the report's 10 score groups group them
     md, table_csv = tmp_path / "t.md", tmp_path / "t.csv"
     write_report([], md, table_csv, tmp_path / "b.png", "T", openworld_files=[j for j, _ in files],
                  openworld_image_stats=[n for _, n in files], openworld_references=["contmav"],
-                 bootstrap=BootstrapSettings(resamples=200))
+                 bootstrap=BootstrapSettings(resamples=200, score_bins=10))
     text = md.read_text()
+    assert "grouped into at most 10 bins" in text
     assert "| contmav_focal |" in text and "AUROC" in text
     row = next(line for line in text.splitlines() if line.startswith("| contmav_focal |"))
     assert row.count("[") == 6  # every metric has its interval, the class similarity too
     header = next(csv.reader((tmp_path / "t_openworld.csv").open()))
     assert {"AUROC lo", "AUROC hi", "AUROC vs contmav lo", "OW mIoU vs contmav hi", "class sim lo"} <= set(header)
+
+
+# --------------------------------------------------------------------------- open-world score resolution
+
+ANOMALY = ("anomaly/aupr", "anomaly/auroc", "anomaly/fpr95")
+
+
+def crowded_images(rng, n_images: int, shape=(64, 64)):
+    """Images of 2 known + 1 unknown class whose scores crowd as plain ContMAV's: 30 % of
+    the known and 10 % of the unknown pixels within 1e-4 of 0.5005 (inside one 1/1000-wide
+    bin), so the FPR95 threshold lies inside the crowd; the rest spread out."""
+    for _ in range(n_images):
+        gt = rng.integers(0, 3, shape)
+        band = 0.5005 + rng.uniform(-1e-4, 1e-4, shape)
+        unknown = np.where(rng.random(shape) < 0.1, band, rng.uniform(0.6, 1.0, shape))
+        known = np.where(rng.random(shape) < 0.3, band, rng.uniform(0.0, 0.49, shape))
+        yield {"gt": gt, "semantic_pred": np.minimum(gt, 1), "unknown_score": np.where(gt >= 2, unknown, known),
+               "openworld_pred": np.where(gt >= 2, 2, gt)}
+
+
+@pytest.mark.parametrize("score_bins", [2**20, None], ids=["binned", "exact"])
+def test_crowded_scores_full_sample_is_the_point_estimate_and_inside_its_interval(score_bins):
+    """Issue #14: with 1000 score bins per image, this data's full-sample FPR95 was 0.30
+    against a point estimate of 0.157, and the interval [0.297, 0.303] excluded the
+    point. At the point estimate's resolution the full sample gives the point exactly."""
+    from vocabseg.openworld.metrics import OpenWorldAccumulator
+
+    acc = OpenWorldAccumulator(2, 1, score_bins=score_bins, per_image=True)
+    for image in crowded_images(np.random.default_rng(0), 40):
+        acc.update(image.pop("gt"), **image)
+    point, stats = acc.summarize()["anomaly"], acc.image_stats()
+    assert np.unique(stats.score_keys).size > 10**5  # more bins than the 4096 the resamples use: grouped
+    settings = BootstrapSettings(resamples=200)
+    boot = bootstrap_rows({"contmav": stats}, settings=settings)
+    for metric in ANOMALY:
+        row = boot[boot["metric"] == metric].iloc[0]
+        want = point[metric.split("/")[1]]
+        assert row["estimate"] == want, (metric, row["estimate"], want)
+        assert row["lo"] <= want <= row["hi"], (metric, row["lo"], want, row["hi"])
+    assert 0.15 < point["fpr95"] < 0.17
+    # what the report does to bound its memory: group each row as it loads it; the same intervals
+    grouped = stats.grouped(settings.score_bins)
+    assert grouped.score_keys.size < stats.score_keys.size / 2 and grouped.score_keys.max() < 4096
+    again = bootstrap_rows({"contmav": grouped}, settings=settings)
+    assert np.allclose(again[["estimate", "lo", "hi"]], boot[["estimate", "lo", "hi"]], rtol=0, atol=1e-12, equal_nan=True)
+
+
+def test_grouped_resamples_stay_within_the_grouping_bound():
+    """Forced into 31 bins: the full sample is the point estimate exactly (and its FPR95
+    bin is kept, so the grouped counts alone give it), and each resample differs from
+    the accumulator run on the resampled image list by at most E_b + E_1, the grouping's
+    error bound on the resample's and on the full sample's grouped counts."""
+    from vocabseg.evaluation.bootstrap import anomaly_metrics, anomaly_resamples
+    from vocabseg.openworld.metrics import BinnedScores, OpenWorldAccumulator
+
+    images = list(crowded_images(np.random.default_rng(1), 8, shape=(16, 24)))
+    acc = OpenWorldAccumulator(2, 1, score_bins=2**20, per_image=True)
+    for image in images:
+        acc.update(image["gt"], **{key: v for key, v in image.items() if key != "gt"})
+    stats = acc.image_stats()
+    pos, neg, point = stats.rebinned_scores(31)
+    assert pos.shape[1] <= 31 < np.unique(stats.score_keys).size
+    assert point.tolist() == [acc.summarize()["anomaly"][key] for key in ("aupr", "auroc", "fpr95")]
+    counts = np.vstack([np.ones(8), resample_counts(8, 20, seed=4)])
+    values = anomaly_resamples(stats, counts, score_bins=31)
+
+    def bound(row: np.ndarray) -> dict:
+        grouped = BinnedScores(pos.shape[1])
+        grouped.pos, grouped.neg = (row @ pos).astype(np.int64), (row @ neg).astype(np.int64)
+        return grouped.error_bound()
+
+    full = bound(counts[0])
+    assert full["fpr95"] > 0 and full["auroc"] > 0  # the grouping does cost resolution here
+    assert anomaly_metrics(pos.sum(0)[None], neg.sum(0)[None])["anomaly/fpr95"][0] == acc.summarize()["anomaly"]["fpr95"]
+    for b, row in enumerate(counts.astype(int)):
+        again = OpenWorldAccumulator(2, 1, score_bins=2**20)
+        for image, c in zip(images, row):
+            for _ in range(c):
+                again.update(image["gt"], **{key: v for key, v in image.items() if key != "gt"})
+        want, e_b = again.summarize()["anomaly"], bound(row)
+        for metric in ANOMALY:
+            key = metric.split("/")[1]
+            allowed = TOL if b == 0 else e_b[key] + full[key] + TOL
+            assert abs(values[metric][b] - want[key]) <= allowed, (b, metric, values[metric][b], want[key])
+
+
+def test_score_grid_keeps_crowded_bins_and_the_fpr95_bin_apart():
+    from vocabseg.openworld.metrics import score_grid
+
+    rng = np.random.default_rng(3)
+    pos, neg = rng.integers(0, 5, 5000), rng.integers(0, 5, 5000)
+    neg[2500] = 10**6  # one crowded bin of the known class
+    group = score_grid(pos, neg, 103)
+    assert group[-1] + 1 <= 103 and np.all(np.diff(group) >= 0) and group[0] == 0
+    assert np.sum(group == group[2500]) == 1  # alone in its group
+    crossing = 5000 - 1 - int(np.argmax(np.cumsum(pos[::-1]) * 20 >= 19 * pos.sum()))
+    assert np.sum(group == group[crossing]) == 1
+    assert np.array_equal(score_grid(pos[:50], neg[:50], 103), np.arange(50))  # few bins: unchanged
+
+
+def test_openworld_stats_of_the_old_1000_bin_format_are_refused_naming_the_file(tmp_path):
+    from vocabseg.fileio import write_npz_atomic
+    from vocabseg.openworld.metrics import OpenWorldImageStats
+
+    n = 3
+    write_npz_atomic({"image_ids": np.array(["a", "b", "c"]), "n_known": np.int64(2), "open_world": np.bool_(True),
+                      "known_inter": np.zeros((n, 2), np.int64), "known_union": np.zeros((n, 2), np.int64),
+                      "score_pos": np.zeros((n, 1000), np.int64), "score_neg": np.zeros((n, 1000), np.int64),
+                      "contingency": np.zeros((n, 0, 3), np.int64), "gt_area": np.zeros((n, 3), np.int64)},
+                     tmp_path / "contmav.images.npz")
+    with pytest.raises(InputError, match=r"contmav\.images\.npz: .*1000 bins per image.*forcerun contmav_eval"):
+        OpenWorldImageStats.load(tmp_path / "contmav.images.npz")

@@ -386,11 +386,22 @@ def test_cli_weights_train_eval_pipeline_writes_the_metric_keys(city, tmp_path, 
     assert (binned["method"], binned["bins"], run["device"]) == ("binned", SCORE_BINS, "cpu")
     assert "|binned - exact| <=" in printed
     # every score kept: the exact curves lie within the bound the binned run stated
-    assert cli_main([*eval_args, "--out", str(tmp_path / "exact.json"), "--exact-scores", "--device", "cpu"]) == 0
+    images_out = tmp_path / "exact.images.npz"
+    assert cli_main([*eval_args, "--out", str(tmp_path / "exact.json"), "--exact-scores", "--device", "cpu",
+                     "--images-out", str(images_out)]) == 0
     exact = json.loads((tmp_path / "exact.json").read_text())["anomaly"]
     assert exact["method"] == "exact" and exact["n_unknown"] == binned["n_unknown"] > 0
     for key in ("aupr", "auroc", "fpr95"):
         assert abs(binned[key] - exact[key]) <= binned["error_bound"][key] + 1e-12, key
+    # its per-image counts keep every distinct score: the bootstrap's full sample is the exact value
+    from vocabseg.evaluation.bootstrap import BootstrapSettings, bootstrap_rows
+    from vocabseg.openworld.metrics import OpenWorldImageStats
+
+    stats = OpenWorldImageStats.load(images_out)
+    assert stats.score_keys.dtype == np.float64
+    boot = bootstrap_rows({"exact": stats}, settings=BootstrapSettings(resamples=20)).set_index("metric")
+    for key in ("aupr", "auroc", "fpr95"):
+        assert abs(boot.loc[f"anomaly/{key}", "estimate"] - exact[key]) <= 1e-12, key
     assert cli_main([*eval_args, "--score-bins", "0"]) == 1
     assert "score bins must be >= 1" in capsys.readouterr().err
 

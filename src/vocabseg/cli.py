@@ -652,8 +652,8 @@ def _contmav_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None,
                    help="torch device of the network (default: the job's GPU when there is one, else cpu)")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--images-out", type=Path, default=None, help=".npz: per-image counts (for the bootstrap)")
-    p.add_argument("--image-bins", type=int, default=1000, help="score histogram bins per image in --images-out")
+    p.add_argument("--images-out", type=Path, default=None,
+                   help=".npz: per-image counts for the bootstrap (scores at the resolution of the metrics, sparse)")
     _fact_argument(p)
     _labels_argument(p)
 
@@ -686,7 +686,6 @@ def cmd_contmav_eval(a: argparse.Namespace) -> None:
         facts=dict(_parse_fact(f) for f in a.fact),
         device=a.device,
         images_out=a.images_out,
-        image_bins=a.image_bins,
         labels=_labels(a),
     )
 
@@ -705,6 +704,8 @@ def cmd_contmav_eval(a: argparse.Namespace) -> None:
 
 
 def _report_arguments(p: argparse.ArgumentParser) -> None:
+    from vocabseg.evaluation.bootstrap import BOOTSTRAP_SCORE_BINS
+
     p.add_argument("--metrics", type=Path, nargs="+", required=True)
     p.add_argument("--table-md", type=Path, required=True)
     p.add_argument("--table-csv", type=Path, required=True)
@@ -721,6 +722,9 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="bootstrap resampling seed")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
+    p.add_argument("--score-bins", type=int, default=BOOTSTRAP_SCORE_BINS,
+                   help="at most this many unknown-score bins (edges from each row's pooled scores) in the "
+                        "resampled AUPR / AUROC / FPR95 of the open-world rows")
     _labels_argument(p)
 
 
@@ -734,7 +738,8 @@ def cmd_report(a: argparse.Namespace) -> None:
         a.metrics, a.table_md, a.table_csv, a.bars, a.title, tradeoff_png=a.tradeoff, openworld_files=a.openworld,
         image_stats=a.images, references=a.references,
         openworld_image_stats=a.openworld_images, openworld_references=a.openworld_references,
-        bootstrap=BootstrapSettings(resamples=a.resamples, seed=a.seed, level=a.level), labels=_labels(a),
+        bootstrap=BootstrapSettings(resamples=a.resamples, seed=a.seed, level=a.level, score_bins=a.score_bins),
+        labels=_labels(a),
     )
     print(f"{len(frame)} rows written to {a.table_md}")
 

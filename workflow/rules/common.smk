@@ -499,8 +499,10 @@ def uncertainty_refs(key, rows, default):
 
 
 def uncertainty_args():
-    """`vocabseg report` arguments of the `uncertainty` block (resamples, seed, reference rows)."""
+    """`vocabseg report` arguments of the `uncertainty` block (resamples, seed, level, score
+    bins, reference rows)."""
     args = f"--resamples {UNCERTAINTY['resamples']} --seed {UNCERTAINTY['seed']} --level {UNCERTAINTY['level']}"
+    args += f" --score-bins {UNCERTAINTY['score_bins']}"
     for flag, refs in (
         (
             "--references",

@@ -99,8 +99,10 @@ rule contmav_eval:
     conda:
         CONDA_ENV
     threads: 1
-    # memory does not grow with the split (streamed score histograms; benchmarks/
-    # contmav_eval_memory.py); the cluster profiles give it one GPU
+    # the metrics stream into fixed score histograms; memory grows only by the per-image
+    # counts of the bootstrap, sparse (at worst about 15 MiB per 1024x2048 image:
+    # benchmarks/contmav_eval_memory.py, docs/benchmarks.md); the cluster
+    # profiles give it one GPU
     resources:
         gpu=0,
         cpus_per_gpu=8,
@@ -112,9 +114,8 @@ rule contmav_eval:
         unknown=f"--unknown {OW_UNKNOWN}" if OW_UNKNOWN else "",
         size=f"--size {OW_EVAL['size'][0]} {OW_EVAL['size'][1]}" if OW_EVAL["size"] else "",
         stride=OW_EVAL["cluster_stride"],
-        bins=UNCERTAINTY["score_bins"],
         facts=lambda wc: ow_facts(wc.variant),
     shell:
         "vocabseg contmav-eval --model {input.model} {params.roots} {params.unknown}"
         " {params.size} --cluster-stride {params.stride} --threads {threads} {params.facts}"
-        " --out {output.metrics} --images-out {output.images} --image-bins {params.bins} > {log} 2>&1"
+        " --out {output.metrics} --images-out {output.images} > {log} 2>&1"

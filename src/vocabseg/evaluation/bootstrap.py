@@ -24,11 +24,26 @@ differ by more than the choice of validation images explains. A row against itse
 gives exactly 0.
 
 Open-world (ContMAV) rows resample :class:`~vocabseg.openworld.metrics.OpenWorldImageStats`
-the same way: known mIoU from the per-image intersections / unions; AUPR, AUROC and
-FPR95 from the per-image score histograms summed over the resample (the metrics of
-the binned scores, as :class:`~vocabseg.openworld.metrics.BinnedScores`, bounded
-memory whatever the image size); open-world mIoU by the Hungarian matching of the
-resample's summed contingency.
+the same way: known mIoU from the per-image intersections / unions; open-world mIoU
+by the Hungarian matching of the resample's summed contingency; AUPR, AUROC and
+FPR95 from per-image unknown-score counts, as follows (:func:`anomaly_resamples`).
+Each image stores its counts at the resolution of the point estimate (the 2^20
+:class:`~vocabseg.openworld.metrics.BinnedScores` bins, or every distinct score),
+sparsely. Resampling all M non-empty bins would cost ``B · N · M``, so they are first
+grouped into at most ``score_bins`` (default :data:`BOOTSTRAP_SCORE_BINS`) bins by
+:func:`~vocabseg.openworld.metrics.score_grid`, with edges from the POOLED counts:
+pooled quantiles of each class, crowded bins and the bin of the pooled FPR95 point
+kept on their own. If M fits, nothing is grouped and every resample's metrics are
+those of the resampled image list, exactly. Otherwise a resample's value is
+
+    metric(grouped counts of the resample) + [metric(all images, M bins) − metric(all images, grouped)]
+
+the second term being the part of the curves inside the groups, taken from the full
+sample. So the full sample (every image once) gives the point estimate exactly, and
+a resample b differs from its M-bin metric by at most ``E_b + E_1``, where E is the
+grouping's error bound (:meth:`~vocabseg.openworld.metrics.BinnedScores.error_bound`
+of the grouped counts; on the full sample's groups, with L = (score_bins − 3) // 4
+levels, AUROC <= 1/L and FPR95 <= 2/L, and 0 for its FPR95, whose bin is kept).
 
 What the interval covers: the variation of the metric under a new draw of
 validation images from the same distribution, with the trained models fixed. It
@@ -51,7 +66,9 @@ from vocabseg.evaluation.panoptic import PerImageStats
 __all__ = [
     "METRICS",
     "OPENWORLD_METRICS",
+    "BOOTSTRAP_SCORE_BINS",
     "anomaly_metrics",
+    "anomaly_resamples",
     "resample_counts",
     "resampled_metrics",
     "metric_values",
@@ -68,6 +85,10 @@ METRICS = (*(f"{g}/{k}" for g in GROUPS for k in ("pq", "sq", "rq")), "semantic/
 OPENWORLD_METRICS = (
     "known/miou", "anomaly/aupr", "anomaly/auroc", "anomaly/fpr95", "open_world/miou", "class_similarity/accuracy",
 )
+
+
+#: at most this many score bins per open-world row in the resamples' curves (time ~ B·N·bins)
+BOOTSTRAP_SCORE_BINS = 4096
 
 
 def resample_counts(n_images: int, resamples: int, seed: int) -> np.ndarray:
@@ -150,12 +171,29 @@ def anomaly_metrics(pos: np.ndarray, neg: np.ndarray) -> dict[str, np.ndarray]:
     return {"anomaly/aupr": aupr, "anomaly/auroc": auroc, "anomaly/fpr95": fpr95}
 
 
-def _openworld_metrics(stats: OpenWorldImageStats, counts: np.ndarray) -> dict[str, np.ndarray]:
+def anomaly_resamples(
+    stats: OpenWorldImageStats, counts: np.ndarray, score_bins: int = BOOTSTRAP_SCORE_BINS, chunk: int = 2**22
+) -> dict[str, np.ndarray]:
+    """AUPR, AUROC, FPR95 of each resample of (B, N) ``counts`` (module docstring):
+    the grouped curves of the resample plus the full sample's within-group part.
+    ``{"anomaly/<metric>": (B,) float64}``; resamples are taken ``chunk // bins`` at a
+    time, so memory stays some ten times ``chunk`` floats."""
+    pos, neg, point = stats.rebinned_scores(score_bins, FPR_TPR)
+    step = max(1, chunk // max(1, pos.shape[1]))
+    parts = [anomaly_metrics(counts[b : b + step] @ pos, counts[b : b + step] @ neg)
+             for b in range(0, counts.shape[0], step)]
+    grouped = anomaly_metrics(pos.sum(axis=0)[None], neg.sum(axis=0)[None])  # the full sample, grouped
+    # + the part of the full sample's curves inside the groups (0 up to rounding if nothing is grouped)
+    return {key: (np.concatenate([part[key] for part in parts]) - grouped[key][0]) + full
+            for key, full in zip(("anomaly/aupr", "anomaly/auroc", "anomaly/fpr95"), point)}
+
+
+def _openworld_metrics(stats: OpenWorldImageStats, counts: np.ndarray, score_bins: int) -> dict[str, np.ndarray]:
     """Every metric of :data:`OPENWORLD_METRICS` on each resample of (B, N) ``counts``."""
     values = {"known/miou": _miou(counts @ stats.known_inter, counts @ stats.known_union)}
-    values.update(anomaly_metrics(counts @ stats.score_pos, counts @ stats.score_neg))
+    values.update(anomaly_resamples(stats, counts, score_bins))
     n, g, c = stats.contingency.shape
-    contingency = (counts @ stats.contingency.reshape(n, g * c)).reshape(-1, g, c)
+    contingency = (counts @ stats.contingency.reshape(n, g * c)).reshape(counts.shape[0], g, c)
     gt_area = counts @ stats.gt_area
     ow = np.full(counts.shape[0], np.nan)
     for b in range(counts.shape[0] if stats.open_world else 0):  # as OpenWorldAccumulator._open_world
@@ -172,13 +210,16 @@ def _openworld_metrics(stats: OpenWorldImageStats, counts: np.ndarray) -> dict[s
     return values
 
 
-def resampled_metrics(stats: PerImageStats | OpenWorldImageStats, counts: np.ndarray) -> dict[str, np.ndarray]:
+def resampled_metrics(
+    stats: PerImageStats | OpenWorldImageStats, counts: np.ndarray, score_bins: int = BOOTSTRAP_SCORE_BINS
+) -> dict[str, np.ndarray]:
     """Every metric on each resample of ``counts`` (B, N): ``{metric: (B,) float64}``
-    (:data:`METRICS` of a panoptic row, :data:`OPENWORLD_METRICS` of an open-world one)."""
+    (:data:`METRICS` of a panoptic row, :data:`OPENWORLD_METRICS` of an open-world one,
+    whose score curves use at most ``score_bins`` bins: :func:`anomaly_resamples`)."""
     if counts.shape[1] != stats.image_ids.size:
         raise ValueError(f"counts cover {counts.shape[1]} images, the statistics {stats.image_ids.size}")
     if isinstance(stats, OpenWorldImageStats):
-        return _openworld_metrics(stats, counts)
+        return _openworld_metrics(stats, counts, score_bins)
     return metric_values(_class_sums(stats, counts), stats.groups)
 
 
@@ -210,11 +251,17 @@ def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float
 
 @dataclass(frozen=True)
 class BootstrapSettings:
-    """``uncertainty`` block of the study config: resamples, seed, interval level."""
+    """``uncertainty`` block of the study config: resamples, seed, interval level, and
+    the most score bins of an open-world row's resampled curves (:func:`anomaly_resamples`)."""
 
     resamples: int = 1000
     seed: int = 0
     level: float = 0.95
+    score_bins: int = BOOTSTRAP_SCORE_BINS
+
+    def __post_init__(self) -> None:
+        if self.score_bins < 10:
+            raise InputError(f"bootstrap score bins must be >= 10, got {self.score_bins}")
 
 
 def bootstrap_rows(
@@ -249,9 +296,12 @@ def bootstrap_rows(
                 "the rows of one table must be evaluated on the same validation set"
             )
     counts = resample_counts(first.image_ids.size, settings.resamples, settings.seed)
-    everything = np.ones((1, first.image_ids.size))
-    point = {name: resampled_metrics(s, everything) for name, s in stats.items()}
-    samples = {name: resampled_metrics(s, counts) for name, s in stats.items()}
+    everything = np.ones((1, first.image_ids.size))  # row 0: the full sample, the point estimate
+    point, samples = {}, {}
+    for name, s in stats.items():
+        values = resampled_metrics(s, np.vstack([everything, counts]), settings.score_bins)
+        point[name] = {metric: v[:1] for metric, v in values.items()}
+        samples[name] = {metric: v[1:] for metric, v in values.items()}
     keys, estimates, resampled = [], [], []
     for name in stats:
         for metric, values in samples[name].items():

@@ -152,7 +152,6 @@ def evaluate_contmav(
     facts: Mapping[str, Any] | None = None,
     device: str | torch.device | None = None,
     images_out: Path | None = None,
-    image_bins: int = 1000,
     labels: LabelSet | None = None,
 ) -> dict:
     """Open-world metrics of the exported model ``model_path`` on a split.
@@ -175,8 +174,8 @@ def evaluate_contmav(
         device: where the network runs; None = ``cuda:LOCAL_RANK`` when CUDA is
             available, else the CPU (:func:`vocabseg.engine.distributed.device`).
         images_out: ``.npz`` for the per-image counts the bootstrap resamples
-            (:class:`~vocabseg.openworld.metrics.OpenWorldImageStats`), with
-            ``image_bins`` unknown-score bins per image.
+            (:class:`~vocabseg.openworld.metrics.OpenWorldImageStats`), the unknown
+            scores at the resolution of the metrics (``score_bins``, or exact), sparse.
         labels: the dataset's label set, naming the train ids (None: Cityscapes).
 
     Returns the results dict (the JSON content).
@@ -210,7 +209,7 @@ def evaluate_contmav(
         score_bins=score_bins,
         similar_targets=targets,
         class_names=[names[t] for t in known + unknown],
-        image_bins=image_bins if images_out is not None else None,
+        per_image=images_out is not None,
     )
     state = None
     for index in range(len(dataset)):

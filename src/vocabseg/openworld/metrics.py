@@ -57,11 +57,18 @@ Definitions (all values are fractions in [0, 1]; ``None`` when undefined):
   is the same over those pixels flagged unknown. The pooled values are the mean over
   classes with pixels. All GT pixels make ``accuracy`` independent of the threshold δ.
 
-Per image (``image_bins``): the accumulator can also keep every image's counts
-(:class:`OpenWorldImageStats`: known intersection / union, a histogram of the
-unknown score of its positive and negative pixels, its discovered-class contingency
-and GT areas), whose sums over any list of images are that list's counts; the
-bootstrap (:mod:`vocabseg.evaluation.bootstrap`) resamples them.
+Per image (``per_image``): the accumulator can also keep every image's counts
+(:class:`OpenWorldImageStats`: known intersection / union, the positives and
+negatives of each unknown-score bin the image has pixels in, its discovered-class
+contingency and GT areas), whose sums over any list of images are that list's counts;
+the bootstrap (:mod:`vocabseg.evaluation.bootstrap`) resamples them. The score counts
+have the resolution of the pooled curves (the same :class:`BinnedScores` bins, or
+every distinct score with :class:`ExactScores`), so the sum over all images is the
+histogram of the point estimate itself; they are sparse (only non-empty bins: at most
+12 bytes per labelled pixel and per image at most 12 bytes per bin, binned).
+:func:`score_grid` groups the pooled bins into at most a few thousand before the
+bootstrap resamples them (edges from the pooled counts; crowded bins and the FPR95
+bin keep their own).
 
 Streaming: :class:`BinnedScores` keeps two histograms over ``[0, 1]`` (default
 :data:`SCORE_BINS` = 2^20 bins, 16 MiB whatever the number of pixels); its metrics are
@@ -92,6 +99,7 @@ the metrics (``anomaly.error_bound``) so that a run shows it, and ``contmav-eval
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -102,6 +110,7 @@ from typing import Any
 import numpy as np
 
 from vocabseg.evaluation.semantic import intersection_union, semantic_metrics
+from vocabseg.errors import InputError
 from vocabseg.fileio import read_npz, write_json_atomic, write_npz_atomic
 
 __all__ = [
@@ -114,6 +123,7 @@ __all__ = [
     "fpr_at_tpr",
     "ExactScores",
     "BinnedScores",
+    "score_grid",
     "known_confusion",
     "discovered_contingency",
     "match_discovered",
@@ -209,6 +219,16 @@ def fpr_at_tpr(scores: Any, positive: Any, tpr: float = FPR_TPR) -> float | None
     return metrics_from_counts(*curve_counts(scores, positive), tpr=tpr)["fpr95"]
 
 
+def _split_counts(index: np.ndarray, positive: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positives and negatives per value of ``index`` [P] in ``0..n-1``: two (n,) int32."""
+    if index.shape != positive.shape:
+        raise ValueError(f"{index.size} scores but {positive.size} labels")
+    if index.size >= 2**31:
+        raise ValueError(f"{index.size} pixels in one image: per-image counts are int32")
+    pos = np.bincount(index[positive], minlength=n).astype(np.int32)
+    return pos, np.bincount(index[~positive], minlength=n).astype(np.int32)
+
+
 class ExactScores:
     """Keeps every (score, is-unknown) pair; :meth:`metrics` is exact. Memory 9 B/pixel."""
 
@@ -226,6 +246,15 @@ class ExactScores:
             raise ValueError(f"{s.size} scores but {y.size} labels")
         self._scores.append(s)
         self._positive.append(y)
+
+    def image_counts(self, scores: Any, positive: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One image's counts at this resolution, [...] -> ``(keys [T] float64, pos [T],
+        neg [T] int32)``: its T distinct scores, ascending, and their positives / negatives."""
+        s = _numpy(scores).astype(np.float64).ravel()
+        if not np.isfinite(s).all():
+            raise ValueError("unknown scores must be finite")
+        keys, inverse = np.unique(s, return_inverse=True)
+        return (keys, *_split_counts(inverse.ravel(), _numpy(positive).astype(bool).ravel(), keys.size))
 
     def counts(self) -> tuple[np.ndarray, np.ndarray]:
         if not self._scores:
@@ -271,6 +300,14 @@ class BinnedScores:
             raise ValueError(f"{idx.size} scores but {y.size} labels")
         self.pos += np.bincount(idx[y], minlength=self.n_bins)
         self.neg += np.bincount(idx[~y], minlength=self.n_bins)
+
+    def image_counts(self, scores: Any, positive: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One image's counts in these bins, [...] -> ``(keys [T] int32, pos [T], neg [T]
+        int32)``: its T non-empty bins, ascending, and their positives / negatives."""
+        idx = self.bin_index(scores).ravel()
+        pos, neg = _split_counts(idx, _numpy(positive).astype(bool).ravel(), self.n_bins)
+        keys = np.flatnonzero((pos + neg) > 0)
+        return keys.astype(np.int32 if self.n_bins <= 2**31 else np.int64), pos[keys], neg[keys]
 
     def _nonempty_desc(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-bin (positives, negatives) of the non-empty bins, highest bin first."""
@@ -324,6 +361,49 @@ class BinnedScores:
         out = metrics_from_counts(*self.counts())
         out.update(method=self.method, bins=self.n_bins, error_bound=self.error_bound())
         return out
+
+
+def score_grid(pos: np.ndarray, neg: np.ndarray, max_bins: int, tpr: float = FPR_TPR) -> np.ndarray:
+    """Group M bins of pooled counts into at most ``max_bins`` consecutive bins.
+
+    ``pos``, ``neg`` (M,) int: positives / negatives of M non-empty bins (or distinct
+    scores), ascending -> (M,) int64 ascending group of each bin, 0..M'-1. With
+    ``M <= max_bins`` every bin is its own group. Otherwise, with
+    ``L = (max_bins - 3) // 4`` levels, a group starts
+
+    * where ``floor(L · cumulative / total)`` of the positives or of the negatives
+      changes (pooled quantiles: a group of several bins holds less than 2/L of each
+      class, so its within-group pairs cost AUROC at most 1/L);
+    * right after a bin holding at least 1/L of a class (such a bin also starts one:
+      crowded scores keep their own bins);
+    * at and right after the bin where the curve from the top first reaches the TPR
+      ``tpr`` (the FPR95 point of these counts is the same grouped as not).
+
+    That makes at most ``1 + 2L + 2L + 2 <= max_bins`` groups.
+    """
+    pos, neg = np.asarray(pos, np.int64), np.asarray(neg, np.int64)
+    m = pos.size
+    if max_bins < 7:
+        raise ValueError(f"max_bins must be >= 7, got {max_bins}")
+    if m <= max_bins:
+        return np.arange(m, dtype=np.int64)
+    levels = (max_bins - 3) // 4
+    start = np.zeros(m, bool)
+    start[0] = True
+    for counts in (pos, neg):
+        total = int(counts.sum())
+        if total == 0:
+            continue
+        level = np.cumsum(counts) * levels // total
+        start[1:] |= level[1:] != level[:-1]
+        heavy = np.flatnonzero(counts * levels >= total)
+        start[heavy[heavy + 1 < m] + 1] = True
+    if pos.sum() > 0:
+        crossing = m - 1 - _first_at_tpr(np.cumsum(pos[::-1]), int(pos.sum()), tpr)
+        start[crossing] = True
+        if crossing + 1 < m:
+            start[crossing + 1] = True
+    return np.cumsum(start) - 1
 
 
 # ---------------------------------------------------------------- segmentation counts
@@ -393,17 +473,26 @@ class OpenWorldImageStats:
         n_known: K.
         known_inter, known_union: (N, K) int64 pixel intersection / union of the
             closed-world prediction per known class (the ``known`` mIoU).
-        score_pos, score_neg: (N, bins) int64 histograms of the unknown score of the
-            unknown (positive) and known (negative) GT pixels over [0, 1]
-            (:class:`BinnedScores` bins).
+        score_offsets: (N + 1,) int64; image i's unknown-score counts are the entries
+            ``score_offsets[i] : score_offsets[i + 1]`` of the three arrays below
+            (compressed sparse rows: only the bins an image has pixels in).
+        score_keys: (T,) the image's non-empty bins at the resolution of the metrics
+            file's point estimate, ascending: :class:`BinnedScores` bin indices (int32)
+            or, for exact scores, the distinct scores themselves (float64).
+        score_pos, score_neg: (T,) int32 unknown (positive) and known (negative) GT
+            pixels of each entry. Summed over all images they are the histogram the
+            metrics file's AUPR / AUROC / FPR95 come from.
         contingency: (N, G, K + U) int64 discovered-class contingency (G classes
             discovered over the whole split; zeros where an image has fewer).
         gt_area: (N, K + U) int64 non-void GT pixels per class.
         open_world: whether open-world predictions were scored (else no OW mIoU).
         similar: (N, U, 2) int64 per unknown class: its GT pixels and those whose most
             similar known class is its target (class similarity; zeros for a class
-            without a target, (N, 0, 2) without class-similarity input or in files
-            written before it was kept).
+            without a target, (N, 0, 2) without class-similarity input).
+        score_point: None when the score counts are at the resolution of the point
+            estimate; after :meth:`grouped`, (3,) float64 AUPR, AUROC, FPR95 of all
+            images at that resolution (NaN where undefined), which the grouped counts
+            no longer hold.
     """
 
     image_ids: np.ndarray
@@ -411,29 +500,95 @@ class OpenWorldImageStats:
     open_world: bool
     known_inter: np.ndarray
     known_union: np.ndarray
+    score_offsets: np.ndarray
+    score_keys: np.ndarray
     score_pos: np.ndarray
     score_neg: np.ndarray
     contingency: np.ndarray
     gt_area: np.ndarray
     similar: np.ndarray
+    score_point: np.ndarray | None = None
 
-    COUNTS = ("known_inter", "known_union", "score_pos", "score_neg", "contingency", "gt_area", "similar")
+    COUNTS = ("known_inter", "known_union", "score_offsets", "score_keys", "score_pos", "score_neg",
+              "contingency", "gt_area", "similar")
 
     def save(self, path: Path | str) -> None:
         """Write a compressed ``.npz`` (plain arrays, no pickle) atomically."""
         arrays = {name: getattr(self, name) for name in ("image_ids", *self.COUNTS)}
+        if self.score_point is not None:
+            arrays["score_point"] = self.score_point
         write_npz_atomic({**arrays, "n_known": np.int64(self.n_known), "open_world": np.bool_(self.open_world)}, path)
 
     @classmethod
     def load(cls, path: Path | str) -> OpenWorldImageStats:
         """Read a file of :meth:`save`; a missing or damaged one is an InputError naming
-        it. A file without ``similar`` (written before it was kept) has no class-similarity
-        counts: its class similarity gets no interval."""
+        it, and so is one of an older version whose score counts are 1000-bin histograms
+        per image (too coarse: its intervals could exclude their own value)."""
         fields = ("image_ids", "n_known", "open_world", *cls.COUNTS)
-        arrays = read_npz(path, [f for f in fields if f != "similar"], "open-world per-image statistics")
-        arrays.setdefault("similar", np.zeros((arrays["image_ids"].size, 0, 2), np.int64))
+        what = "open-world per-image statistics"
+        arrays = read_npz(path, ["image_ids", "n_known", "open_world"], what)
+        if "score_offsets" not in arrays and np.ndim(arrays.get("score_pos")) == 2:
+            raise InputError(
+                f"{path}: {what} of an older version (unknown-score histograms of {arrays['score_pos'].shape[1]} "
+                "bins per image, too coarse for the intervals); rerun the evaluation that wrote it "
+                "(snakemake --forcerun contmav_eval, or contmav-eval --images-out)"
+            )
+        missing = [f for f in fields if f not in arrays]
+        if missing:
+            raise InputError(f"{path}: {what} lack {', '.join(missing)}")
         flags = {"n_known": int(arrays["n_known"]), "open_world": bool(arrays["open_world"])}
-        return cls(**{**{f: arrays[f] for f in fields}, **flags})
+        return cls(**{**{f: arrays[f] for f in fields}, **flags}, score_point=arrays.get("score_point"))
+
+    def rebinned_scores(self, max_bins: int, tpr: float = FPR_TPR) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every image's score counts on one grid of at most ``max_bins`` bins.
+
+        The M bins (or distinct scores) that any image has pixels in are pooled over
+        all images and grouped by :func:`score_grid` (edges from the pooled counts);
+        returns ``(pos [N, M'], neg [N, M'], point [3])`` float64: the grouped per-image
+        counts (ascending), whose weighted sums over images a resample's curves come
+        from, and AUPR, AUROC, FPR95 of all images before grouping (NaN where
+        undefined; :func:`metrics_from_counts` of the pooled counts, so exactly the
+        metrics file's point estimate). ``M <= max_bins``: no grouping (M' = M).
+        """
+        n = self.image_ids.size
+        keys = self.score_keys
+        if np.issubdtype(keys.dtype, np.integer):  # bin indices: a bincount, not a sort
+            size = int(keys.max()) + 1 if keys.size else 0
+            present = np.zeros(size, bool)
+            present[keys] = True
+            fine = (np.cumsum(present) - 1)[keys]
+        else:
+            _, fine = np.unique(keys, return_inverse=True)
+            fine = fine.ravel()
+        m = int(fine.max()) + 1 if fine.size else 0
+        pooled_pos = np.bincount(fine, weights=self.score_pos, minlength=m)
+        pooled_neg = np.bincount(fine, weights=self.score_neg, minlength=m)
+        pooled_pos, pooled_neg = pooled_pos.astype(np.int64), pooled_neg.astype(np.int64)
+        group = score_grid(pooled_pos, pooled_neg, max_bins, tpr)
+        width = int(group[-1]) + 1 if m else 0
+        image = np.repeat(np.arange(n), np.diff(self.score_offsets))
+        cell = image * width + group[fine]
+        pos = np.bincount(cell, weights=self.score_pos, minlength=n * width).reshape(n, width)
+        neg = np.bincount(cell, weights=self.score_neg, minlength=n * width).reshape(n, width)
+        if self.score_point is not None:
+            return pos, neg, np.asarray(self.score_point, np.float64)
+        point = metrics_from_counts(np.cumsum(pooled_pos[::-1]), np.cumsum(pooled_neg[::-1]), tpr)
+        return pos, neg, np.array([np.nan if point[k] is None else point[k] for k in ("aupr", "auroc", "fpr95")])
+
+    def grouped(self, max_bins: int, tpr: float = FPR_TPR) -> OpenWorldImageStats:
+        """These statistics with the score counts on the :meth:`rebinned_scores` grid
+        (keys: the group, int32) and the point estimate kept in ``score_point``: what
+        the bootstrap needs, in memory bounded by N x ``max_bins`` (the report groups
+        every row as it loads it). Its :meth:`rebinned_scores` with the same
+        ``max_bins`` gives the same counts and point."""
+        pos, neg, point = self.rebinned_scores(max_bins, tpr)
+        image, group = np.nonzero((pos + neg) > 0)
+        offsets = np.searchsorted(image, np.arange(self.image_ids.size + 1))
+        return dataclasses.replace(
+            self, score_offsets=offsets.astype(np.int64), score_keys=group.astype(np.int32),
+            score_pos=pos[image, group].astype(np.int32), score_neg=neg[image, group].astype(np.int32),
+            score_point=point,
+        )
 
 
 class OpenWorldAccumulator:
@@ -444,8 +599,9 @@ class OpenWorldAccumulator:
     ``score_bins`` None keeps every score (exact), an int uses :class:`BinnedScores`;
     ``similar_targets`` maps an unknown GT label to its most similar known class (the
     class-similarity lookup table); ``class_names`` (K + U names) keys the per-class
-    entries (default: the label as a string); ``image_bins`` (an int) also keeps each
-    update's counts with that many score bins (:meth:`image_stats`).
+    entries (default: the label as a string); ``per_image`` also keeps each update's
+    counts (:meth:`image_stats`), its unknown scores at the resolution of the pooled
+    curves (the same bins, or every distinct score when exact).
     """
 
     def __init__(
@@ -457,10 +613,10 @@ class OpenWorldAccumulator:
         score_bins: int | None = None,
         similar_targets: Mapping[int, int] | None = None,
         class_names: Sequence[str] | None = None,
-        image_bins: int | None = None,
+        per_image: bool = False,
     ) -> None:
         self.k, self.u, self.ignore = int(n_known), int(n_unknown), int(ignore_index)
-        self.image_bins = image_bins
+        self.per_image = per_image
         self._images: list[dict[str, np.ndarray]] = []
         if self.k < 1 or self.u < 0 or 0 <= self.ignore < self.k + self.u:
             raise ValueError(f"bad label space: K={n_known}, U={n_unknown}, ignore_index={ignore_index}")
@@ -525,7 +681,8 @@ class OpenWorldAccumulator:
         self.gt_area += gt_area
         self.confusion += confusion
         labelled = valid & (g < self.k + self.u)
-        self.scores.update(_numpy(unknown_score)[labelled], g[labelled] >= self.k)
+        scores, positive = _numpy(unknown_score)[labelled], g[labelled] >= self.k
+        self.scores.update(scores, positive)
         contingency = np.zeros((0, self.k + self.u), np.int64)
         if openworld_pred is not None:
             ow = _numpy(openworld_pred).astype(np.int64)
@@ -536,18 +693,17 @@ class OpenWorldAccumulator:
         if similar is not None and self.u:
             similar_counts = self._similarity_counts(g, _numpy(similar).astype(np.int64), openworld_pred)
             self.similar_counts += similar_counts
-        if self.image_bins is not None:
-            scores = BinnedScores(self.image_bins)
-            scores.update(_numpy(unknown_score)[labelled], g[labelled] >= self.k)
+        if self.per_image:
+            keys, pos, neg = self.scores.image_counts(scores, positive)
             inter, union = intersection_union(confusion)
-            self._images.append({"known_inter": inter, "known_union": union, "score_pos": scores.pos,
-                                 "score_neg": scores.neg, "contingency": contingency, "gt_area": gt_area,
+            self._images.append({"known_inter": inter, "known_union": union, "score_keys": keys, "score_pos": pos,
+                                 "score_neg": neg, "contingency": contingency, "gt_area": gt_area,
                                  "similar": similar_counts[:, :2]})
 
     def image_stats(self, image_ids: Sequence[str] | None = None) -> OpenWorldImageStats:
-        """The per-update counts (needs ``image_bins``); ``image_ids`` default "0", "1", ..."""
-        if self.image_bins is None:
-            raise ValueError("per-image statistics need image_bins")
+        """The per-update counts (needs ``per_image``); ``image_ids`` default "0", "1", ..."""
+        if not self.per_image:
+            raise ValueError("per-image statistics need per_image=True")
         n, c = len(self._images), self.k + self.u
         contingency = np.zeros((n, self.contingency.shape[0], c), np.int64)
         for i, image in enumerate(self._images):
@@ -556,12 +712,15 @@ class OpenWorldAccumulator:
         def stack(name: str, width: int) -> np.ndarray:
             return np.array([image[name] for image in self._images], dtype=np.int64).reshape(n, width)
 
+        no_pixel = self.scores.image_counts(np.zeros(0), np.zeros(0, bool))  # the dtypes of the score counts
         ids = [str(i) for i in range(n)] if image_ids is None else list(image_ids)
         with_similar = self._has_similar and bool(self.targets)  # else summarize() has no class similarity
         return OpenWorldImageStats(
             image_ids=np.array(ids, dtype=str), n_known=self.k, open_world=self._has_ow,
             known_inter=stack("known_inter", self.k), known_union=stack("known_union", self.k),
-            score_pos=stack("score_pos", self.image_bins), score_neg=stack("score_neg", self.image_bins),
+            score_offsets=np.cumsum([0] + [image["score_keys"].size for image in self._images], dtype=np.int64),
+            **{name: np.concatenate([empty, *(image[name] for image in self._images)])
+               for name, empty in zip(("score_keys", "score_pos", "score_neg"), no_pixel)},
             contingency=contingency, gt_area=stack("gt_area", c),
             similar=stack("similar", 2 * self.u).reshape(n, self.u, 2) if with_similar else np.zeros((n, 0, 2), np.int64),
         )

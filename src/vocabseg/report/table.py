@@ -356,7 +356,8 @@ def write_report(
         ow_rows = openworld_frame(openworld_files)
         shown = list(ow_rows.columns)
         ow_rows, ow_boot, ow_legend = _with_intervals(
-            ow_rows, openworld_image_stats, openworld_references, bootstrap, OPENWORLD_COLUMNS, OpenWorldImageStats.load
+            ow_rows, openworld_image_stats, openworld_references, bootstrap, OPENWORLD_COLUMNS,
+            lambda path: OpenWorldImageStats.load(path).grouped(bootstrap.score_bins),  # one row's full counts at a time
         )
         _, ow_cells, ow_csv_frame, ow_replicates_legend = _by_approach(
             ow_rows, ow_boot, openworld_references, OPENWORLD_COLUMNS
@@ -367,7 +368,8 @@ def write_report(
                 "Known: mIoU x100 over the known classes. AUPR, FPR95 (at 95 % TPR) and AUROC x100 of the "
                 "unknown score, positives = pixels of the unknown classes, void ignored. OW mIoU: the "
                 "discovered classes against their best-matching ground-truth class." + ow_replicates_legend + ow_legend
-                + (" Intervals of AUPR, FPR95 and AUROC use the per-image score histograms." if ow_legend else ""),
+                + (f" Intervals of AUPR, FPR95 and AUROC resample per-image score counts at the resolution of the "
+                   f"values, grouped into at most {bootstrap.score_bins} bins." if ow_legend else ""),
                 _markdown(ow_cells, shown),
             ]
         )
