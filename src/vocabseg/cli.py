@@ -528,18 +528,20 @@ def _known_unknown_arguments(p: argparse.ArgumentParser) -> None:
     """``--known`` or ``--unknown``, read by :func:`_known_ids`."""
     group = p.add_mutually_exclusive_group()
     group.add_argument("--known", type=int, nargs="+", default=None, metavar="TRAIN_ID",
-                       help="known classes (Cityscapes train ids, in this order)")
+                       help="known classes (train ids of --labels, in this order)")
     group.add_argument("--unknown", type=int, nargs="+", default=None, metavar="TRAIN_ID",
-                       help="unknown classes; the known ones are the other train ids 0..18")
+                       help="unknown classes; the known ones are the label set's other train ids")
+    _labels_argument(p)
 
 
-def _known_ids(a: argparse.Namespace) -> list[int]:
-    """The known train ids of ``--known`` or the complement of ``--unknown``."""
+def _known_ids(a: argparse.Namespace, num_classes: int) -> list[int]:
+    """The known train ids of ``--known`` or the complement of ``--unknown`` among the
+    label set's ``num_classes``."""
     from vocabseg.openworld.train import known_from_unknown
 
     if (a.known is None) == (a.unknown is None):
         raise InputError("give exactly one of --known and --unknown (train ids)")
-    return list(a.known) if a.known is not None else known_from_unknown(a.unknown)
+    return list(a.known) if a.known is not None else known_from_unknown(a.unknown, num_classes)
 
 
 def _json_arg(text: str, flag: str) -> dict:
@@ -566,7 +568,8 @@ def _contmav_weights_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_contmav_weights(a: argparse.Namespace) -> None:
     from vocabseg.openworld.train import write_class_weights
 
-    stats = write_class_weights(a.image_root, a.label_root, _known_ids(a), a.out)
+    num_classes = _labels(a).num_classes
+    stats = write_class_weights(a.image_root, a.label_root, _known_ids(a, num_classes), a.out, num_classes)
     weights = ", ".join(f"{w:.3g}" for w in stats["weights"])
     print(f"median-frequency weights of {stats['n_images']} images -> {a.out}: [{weights}]")
 
@@ -600,10 +603,12 @@ def cmd_contmav_train(a: argparse.Namespace) -> None:
 
     if a.threads:
         torch.set_num_threads(a.threads)
+    num_classes = _labels(a).num_classes
     train_contmav(
         image_root=a.image_root,
         label_root=a.label_root,
-        known_train_ids=_known_ids(a),
+        known_train_ids=_known_ids(a, num_classes),
+        num_classes=num_classes,
         class_weights=a.weights,
         model=_json_arg(a.model, "--model"),
         variant=_json_arg(a.variant, "--variant"),
@@ -693,7 +698,8 @@ def cmd_contmav_eval(a: argparse.Namespace) -> None:
 
 
 def _report_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metrics", type=Path, nargs="+", required=True)
+    p.add_argument("--metrics", type=Path, nargs="*", default=[],
+                   help="evaluate-panoptic metrics: the panoptic table (none in an open-world-only study)")
     p.add_argument("--table-md", type=Path, required=True)
     p.add_argument("--table-csv", type=Path, required=True)
     p.add_argument("--bars", type=Path, required=True)
