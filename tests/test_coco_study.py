@@ -159,3 +159,18 @@ def test_contmav_runs_on_a_coco_panoptic_study_with_its_own_classes(tmp_path):
     assert metrics["class_similarity"] is None
     table = (results / "table.md").read_text()
     assert "## Open-world segmentation (ContMAV)" in table and "| contmav |" in table
+
+
+def test_contmav_commands_of_a_coco_study_use_its_train_ids(tmp_path):
+    # About 6 s: two dry runs.
+    config = coco_openworld_study(tmp_path)
+    config["openworld"]["eval"] = {"size": None, "similar": [["tram", "lorry"]]}
+    res = snakemake(tmp_path, "-n", "-p", "--configfile", str(write_config(tmp_path / "c.yaml", config)))
+    assert res.returncode == 0, res.stderr[-3000:]
+    known = " ".join(str(t) for t in range(19) if t not in (13, 16))
+    assert f"--known {known} --labels results/myow/labelset.json" in res.stdout
+    assert "--unknown 13 16  --cluster-stride 4 --similar 16:14 --threads 1 --labels results/myow/labelset.json" in res.stdout
+    config["openworld"]["eval"]["similar"] = [["roadway", "lorry"]]
+    res = snakemake(tmp_path, "-n", "--configfile", str(write_config(tmp_path / "c.yaml", config)))
+    assert res.returncode != 0
+    assert "config key openworld.eval.similar.0: ['roadway', 'lorry'] must pair an unknown class" in res.stderr + res.stdout

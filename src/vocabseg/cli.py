@@ -619,6 +619,14 @@ def cmd_contmav_train(a: argparse.Namespace) -> None:
     )
 
 
+def _similar_pairs(pairs: list[str]) -> dict[int, int]:
+    """``--similar UNKNOWN:KNOWN ...`` as {unknown train id: known train id}."""
+    try:
+        return dict((int(u), int(k)) for u, k in (pair.split(":") for pair in pairs))
+    except ValueError:
+        raise InputError(f"--similar: expected UNKNOWN:KNOWN train-id pairs such as 16:14, got {pairs}") from None
+
+
 def _contmav_eval_arguments(p: argparse.ArgumentParser) -> None:
     from vocabseg.openworld.metrics import SCORE_BINS
 
@@ -635,6 +643,9 @@ def _contmav_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster-stride", type=int, default=4,
                    help="cluster the unknown pixels of every S-th row/column online, then give each unknown "
                         "pixel its nearest discovered class (1: every pixel, the paper's rule; slow)")
+    p.add_argument("--similar", nargs="+", default=None, metavar="UNKNOWN:KNOWN",
+                   help="class-similarity pairs of train ids, e.g. 16:14 (default: the paper's train -> truck, "
+                        "motorcycle -> car on Cityscapes, none on another label set)")
     p.add_argument("--max-classes", type=int, default=256,
                    help="stop discovering classes once this many exist (0: no limit)")
     p.add_argument("--score-bins", type=int, default=SCORE_BINS,
@@ -675,6 +686,7 @@ def cmd_contmav_eval(a: argparse.Namespace) -> None:
         cluster=not a.no_cluster,
         cluster_stride=a.cluster_stride,
         max_classes=a.max_classes or None,
+        similar_targets=None if a.similar is None else _similar_pairs(a.similar),
         score_bins=None if a.exact_scores else a.score_bins,
         facts=dict(_parse_fact(f) for f in a.fact),
         device=a.device,

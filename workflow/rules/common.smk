@@ -665,6 +665,32 @@ def openworld_unknown():
 
 
 OW_UNKNOWN_IDS, OW_NUM_CLASSES = openworld_unknown() if OW else ([], 0)
+
+
+def openworld_similar_args():
+    """`contmav-eval --similar` of openworld.eval.similar, each pair as train ids of the
+    label set ("" when unset: the evaluation's default)."""
+    from vocabseg.errors import InputError
+
+    pairs = (OW.get("eval") or {}).get("similar")
+    if pairs is None:
+        return ""
+    labels = openworld_labelset()
+    try:
+        ids = [
+            [labels.train_id(ref, f"config key openworld.eval.similar.{i}.{j}") for j, ref in enumerate(pair)]
+            for i, pair in enumerate(pairs)
+        ]
+    except InputError as err:
+        raise WorkflowError(str(err)) from None
+    for i, (unknown, known) in enumerate(ids):
+        if unknown not in OW_UNKNOWN_IDS or known in OW_UNKNOWN_IDS:
+            raise WorkflowError(
+                f"config key openworld.eval.similar.{i}: {pairs[i]} must pair an unknown class "
+                "(openworld.unknown) with a known one"
+            )
+    return " ".join(["--similar", *(f"{unknown}:{known}" for unknown, known in ids)])
+
 OW_UNKNOWN = " ".join(str(i) for i in OW_UNKNOWN_IDS)
 # the classes a model is trained on: every class but the unknown ones (1+19 on Cityscapes when none)
 OW_KNOWN_ARG = "--known " + " ".join(str(i) for i in range(OW_NUM_CLASSES) if i not in OW_UNKNOWN_IDS)

@@ -115,9 +115,10 @@ rule contmav_eval:
         unknown=f"--unknown {OW_UNKNOWN}" if OW_UNKNOWN else "",
         size=f"--size {OW_EVAL['size'][0]} {OW_EVAL['size'][1]}" if OW_EVAL["size"] else "",
         stride=OW_EVAL["cluster_stride"],
+        similar=openworld_similar_args(),
         bins=UNCERTAINTY["score_bins"],
         facts=lambda wc: ow_facts(wc.variant),
     shell:
         "vocabseg contmav-eval --model {input.model} {params.roots} {params.unknown}"
-        " {params.size} --cluster-stride {params.stride} --threads {threads} --labels {input.labelset} {params.facts}"
+        " {params.size} --cluster-stride {params.stride} {params.similar} --threads {threads} --labels {input.labelset} {params.facts}"
         " --out {output.metrics} --images-out {output.images} --image-bins {params.bins} > {log} 2>&1"
