@@ -1,5 +1,6 @@
 # Config validation, path helpers and the approach registry lookups.
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -632,6 +633,7 @@ OW_VARIANTS = OW.get("variants", {})
 OW_ON_BDD = OW.get("dataset") == "bdd-anomaly"
 
 
+@functools.cache
 def openworld_labelset():
     """The label set whose train ids ContMAV learns: Cityscapes' (the synthetic city,
     Cityscapes, BDD-Anomaly), or the categories of a coco_panoptic study's val JSON
