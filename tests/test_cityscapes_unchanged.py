@@ -59,7 +59,7 @@ def test_differences_keep_old_fields_and_allow_new_ones():
 
 
 def test_the_cityscapes_chain_gives_what_it_gave_before_the_label_set(tmp_path):
-    # About 15 s on the 2-core development machine: every stage of the Cityscapes-format
+    # 9-15 s on the 2-core development machine: every stage of the Cityscapes-format
     # path once, on 2 + 2 images of 64 x 128, in this process (no Snakemake, no start-ups).
     before = json.loads(FIXTURE.read_text())
     now = chain_summary(tmp_path)

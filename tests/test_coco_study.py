@@ -162,7 +162,7 @@ def test_contmav_runs_on_a_coco_panoptic_study_with_its_own_classes(tmp_path):
 
 
 def test_contmav_commands_of_a_coco_study_use_its_train_ids(tmp_path):
-    # About 6 s: two dry runs.
+    # About 3 s: two dry runs.
     config = coco_openworld_study(tmp_path)
     config["openworld"]["eval"] = {"size": None, "similar": [["tram", "lorry"]]}
     res = snakemake(tmp_path, "-n", "-p", "--configfile", str(write_config(tmp_path / "c.yaml", config)))
