@@ -6,16 +6,18 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from coco_export import NAMES, coco_id, export_coco
 from vocabseg.cli import main
-from vocabseg.data.coco_panoptic import CocoLayout, prepare_coco_panoptic
-from vocabseg.data.labelset import labelset_from_files
+from vocabseg.data.coco_panoptic import CocoLayout, prepare_coco_panoptic, train_id_map
+from vocabseg.data.labelset import LabelSet, labelset_from_files
 from vocabseg.data.panoptic_png import read_panoptic_png, write_panoptic_png
-from vocabseg.data.photos import photo_path
+from vocabseg.data.photos import photo_path, train_id_label_path
 from vocabseg.data.prepare import prepare_dataset
 from vocabseg.data.synth import generate_city
 from vocabseg.errors import InputError
+from vocabseg.openworld.dataset import SemanticDataset
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +51,36 @@ def test_an_exported_city_is_prepared_with_its_own_ids_and_paths(city, dataset, 
     labels = labelset_from_files("mine", tmp_path / "prepared/cityscapes_panoptic_train.json")
     assert labels.eval_ids == tuple(range(100, 119)) and labels.name(111) == NAMES[11] == "pedestrian"
     assert labels.thing_ids == tuple(range(111, 119))
+    # ContMAV's semantic labels (train ids of the label set): those Cityscapes' own
+    # preparation draws from the polygons, at the photos' relative folders
+    ours = sorted((tmp_path / "prepared/gtFine").rglob("*.png"))
+    theirs = sorted((city / "prepared/gtFine").rglob("*_labelTrainIds.png"))
+    assert len(ours) == 3 and [p.relative_to(tmp_path / "prepared") for p in ours] == [
+        p.relative_to(city / "prepared") for p in theirs
+    ]
+    for mine, cs_labels in zip(ours, theirs):
+        assert np.array_equal(np.asarray(Image.open(mine)), np.asarray(Image.open(cs_labels)))
+
+
+def test_contmav_reads_flat_photo_folders_with_the_label_sets_class_count(tmp_path):
+    labels = LabelSet.from_categories(
+        "mine", [{"id": 40, "name": "lane"}, {"id": 3, "name": "walker", "isthing": 1}, {"id": 17, "name": "cart"}],
+        source="categories",
+    )
+    ids = np.array([[0, 5, 5], [7, 7, 9]])
+    segments = [{"id": 5, "category_id": 40}, {"id": 9, "category_id": 17, "iscrowd": 1}, {"id": 7, "category_id": 3}]
+    semantic = train_id_map(ids, segments, labels)
+    assert semantic.tolist() == [[255, 2, 2], [0, 0, 1]]  # train ids in id order: 3, 17, 40
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (3, 2)).save(tmp_path / "images/a.jpg")  # no <city>/ folder, as COCO's photos
+    label = train_id_label_path(tmp_path / "gtFine", "a.jpg")
+    assert label == tmp_path / "gtFine/a_gtFine_labelTrainIds.png"
+    label.parent.mkdir()
+    Image.fromarray(semantic, mode="L").save(label)
+    dataset = SemanticDataset(tmp_path / "images", tmp_path / "gtFine", [0, 2], num_classes=3)
+    assert dataset.raw(0)[1].tolist() == semantic.tolist() and dataset.space.unknown == (1,)
+    with pytest.raises(InputError, match=r"value 2 is not a train id \(0\.\.1\) or 255"):
+        SemanticDataset(tmp_path / "images", tmp_path / "gtFine", [0], num_classes=2).raw(0)
 
 
 def test_every_problem_is_listed_one_per_line_and_nothing_is_written(dataset, tmp_path):

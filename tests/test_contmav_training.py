@@ -379,6 +379,11 @@ def test_cli_weights_train_eval_pipeline_writes_the_metric_keys(city, tmp_path, 
     run = metrics["run"]
     assert run["approach"] == "contmav_synco" and run["unknown_train_ids"] == [11, 13] and run["epochs"] == 2
     assert run["variant"]["extra"] == "synco"
+    # class similarity: the paper's pairs (train, motorcycle) are known classes here; --similar gives others
+    assert metrics["class_similarity"] is None
+    assert cli_main([*eval_args, "--out", str(tmp_path / "similar.json"), "--similar", "11:12", "--device", "cpu"]) == 0
+    similar = json.loads((tmp_path / "similar.json").read_text())["class_similarity"]["per_class"]
+    assert list(similar) == ["person"] and similar["person"]["target"] == "rider"
     # the default: streamed score histograms on the job's device (the CPU here)
     from vocabseg.openworld.metrics import SCORE_BINS
 

@@ -80,6 +80,16 @@ def test_unknown_class_names_the_key():
         LabelSet.cityscapes().class_id("persn", key="config key vocab_configs.x")
 
 
+def test_a_class_by_train_id_or_name_names_the_key():
+    cityscapes = LabelSet.cityscapes()
+    assert cityscapes.train_id(17) == cityscapes.train_id("motorcycle") == 17
+    mine = LabelSet.from_categories("mine", CATEGORIES, source="x")
+    assert mine.train_id("lane") == 2 and mine.train_id(0) == 0  # train ids in id order: 3, 17, 40
+    with pytest.raises(InputError, match=r"^config key openworld\.unknown\.1: no evaluated class with train id "
+                                         r"or name 3 in the mine label set \(0 walker, 1 cart, 2 lane\)$"):
+        mine.train_id(3, key="config key openworld.unknown.1")  # a category id, not a train id
+
+
 def test_labelset_command_writes_both_kinds(tmp_path, capsys):
     assert main(["labelset", "--out", str(tmp_path / "cs.json")]) == 0
     assert read_labelset(tmp_path / "cs.json") == LabelSet.cityscapes()

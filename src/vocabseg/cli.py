@@ -540,18 +540,20 @@ def _known_unknown_arguments(p: argparse.ArgumentParser) -> None:
     """``--known`` or ``--unknown``, read by :func:`_known_ids`."""
     group = p.add_mutually_exclusive_group()
     group.add_argument("--known", type=int, nargs="+", default=None, metavar="TRAIN_ID",
-                       help="known classes (Cityscapes train ids, in this order)")
+                       help="known classes (train ids of --labels, in this order)")
     group.add_argument("--unknown", type=int, nargs="+", default=None, metavar="TRAIN_ID",
-                       help="unknown classes; the known ones are the other train ids 0..18")
+                       help="unknown classes; the known ones are the label set's other train ids")
+    _labels_argument(p)
 
 
-def _known_ids(a: argparse.Namespace) -> list[int]:
-    """The known train ids of ``--known`` or the complement of ``--unknown``."""
+def _known_ids(a: argparse.Namespace, num_classes: int) -> list[int]:
+    """The known train ids of ``--known`` or the complement of ``--unknown`` among the
+    label set's ``num_classes``."""
     from vocabseg.openworld.train import known_from_unknown
 
     if (a.known is None) == (a.unknown is None):
         raise InputError("give exactly one of --known and --unknown (train ids)")
-    return list(a.known) if a.known is not None else known_from_unknown(a.unknown)
+    return list(a.known) if a.known is not None else known_from_unknown(a.unknown, num_classes)
 
 
 def _json_arg(text: str, flag: str) -> dict:
@@ -578,7 +580,8 @@ def _contmav_weights_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_contmav_weights(a: argparse.Namespace) -> None:
     from vocabseg.openworld.train import write_class_weights
 
-    stats = write_class_weights(a.image_root, a.label_root, _known_ids(a), a.out)
+    num_classes = _labels(a).num_classes
+    stats = write_class_weights(a.image_root, a.label_root, _known_ids(a, num_classes), a.out, num_classes)
     weights = ", ".join(f"{w:.3g}" for w in stats["weights"])
     print(f"median-frequency weights of {stats['n_images']} images -> {a.out}: [{weights}]")
 
@@ -612,10 +615,12 @@ def cmd_contmav_train(a: argparse.Namespace) -> None:
 
     if a.threads:
         torch.set_num_threads(a.threads)
+    num_classes = _labels(a).num_classes
     train_contmav(
         image_root=a.image_root,
         label_root=a.label_root,
-        known_train_ids=_known_ids(a),
+        known_train_ids=_known_ids(a, num_classes),
+        num_classes=num_classes,
         class_weights=a.weights,
         model=_json_arg(a.model, "--model"),
         variant=_json_arg(a.variant, "--variant"),
@@ -624,6 +629,14 @@ def cmd_contmav_train(a: argparse.Namespace) -> None:
         state_dir=a.state_dir,
         metrics_log=a.metrics_log,
     )
+
+
+def _similar_pairs(pairs: list[str]) -> dict[int, int]:
+    """``--similar UNKNOWN:KNOWN ...`` as {unknown train id: known train id}."""
+    try:
+        return dict((int(u), int(k)) for u, k in (pair.split(":") for pair in pairs))
+    except ValueError:
+        raise InputError(f"--similar: expected UNKNOWN:KNOWN train-id pairs such as 16:14, got {pairs}") from None
 
 
 def _contmav_eval_arguments(p: argparse.ArgumentParser) -> None:
@@ -642,6 +655,9 @@ def _contmav_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster-stride", type=int, default=4,
                    help="cluster the unknown pixels of every S-th row/column online, then give each unknown "
                         "pixel its nearest discovered class (1: every pixel, the paper's rule; slow)")
+    p.add_argument("--similar", nargs="+", default=None, metavar="UNKNOWN:KNOWN",
+                   help="class-similarity pairs of train ids, e.g. 16:14 (default: the paper's train -> truck, "
+                        "motorcycle -> car on Cityscapes, none on another label set)")
     p.add_argument("--max-classes", type=int, default=256,
                    help="stop discovering classes once this many exist (0: no limit)")
     p.add_argument("--score-bins", type=int, default=SCORE_BINS,
@@ -682,6 +698,7 @@ def cmd_contmav_eval(a: argparse.Namespace) -> None:
         cluster=not a.no_cluster,
         cluster_stride=a.cluster_stride,
         max_classes=a.max_classes or None,
+        similar_targets=None if a.similar is None else _similar_pairs(a.similar),
         score_bins=None if a.exact_scores else a.score_bins,
         facts=dict(_parse_fact(f) for f in a.fact),
         device=a.device,
@@ -706,7 +723,8 @@ def cmd_contmav_eval(a: argparse.Namespace) -> None:
 def _report_arguments(p: argparse.ArgumentParser) -> None:
     from vocabseg.evaluation.bootstrap import BOOTSTRAP_SCORE_BINS
 
-    p.add_argument("--metrics", type=Path, nargs="+", required=True)
+    p.add_argument("--metrics", type=Path, nargs="*", default=[],
+                   help="evaluate-panoptic metrics: the panoptic table (none in an open-world-only study)")
     p.add_argument("--table-md", type=Path, required=True)
     p.add_argument("--table-csv", type=Path, required=True)
     p.add_argument("--bars", type=Path, required=True)

@@ -1,5 +1,6 @@
 # Config validation, path helpers and the approach registry lookups.
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -96,8 +97,7 @@ COCO = config["dataset"]["coco_panoptic"]
 
 def check_coco_dataset():
     """A coco_panoptic study names a folder holding both splits' files (their content
-    is checked by the prepare_coco job, the first to run), and no ContMAV block on it:
-    ContMAV reads Cityscapes train ids."""
+    is checked by the prepare_coco job, the first to run)."""
     if COCO["root"] is None:
         raise WorkflowError(
             "config key dataset.coco_panoptic.root: the dataset folder is needed for "
@@ -113,11 +113,6 @@ def check_coco_dataset():
     if COCO["synonyms"] and not Path(COCO["synonyms"]).is_file():
         raise WorkflowError(
             f"config key dataset.coco_panoptic.synonyms: {COCO['synonyms']} not found"
-        )
-    if (config.get("openworld") or {}).get("dataset") == "study":
-        raise WorkflowError(
-            "config key openworld.dataset: ContMAV runs on Cityscapes-labelled data (the synthetic "
-            "city, Cityscapes, bdd-anomaly), not on a coco_panoptic study"
         )
 
 
@@ -650,16 +645,78 @@ def combined_args(approach):
 OW = config.get("openworld") or {}
 OW_RESULTS = f"{RESULTS}/openworld"
 OW_VARIANTS = OW.get("variants", {})
-OW_UNKNOWN = " ".join(str(i) for i in OW.get("unknown", []))
-# the classes a model is trained on: all 19 but the unknown ones (1+19 when none)
-OW_KNOWN_ARG = "--known " + " ".join(str(i) for i in range(19) if i not in OW.get("unknown", []))
+OW_ON_BDD = OW.get("dataset") == "bdd-anomaly"
+
+
+@functools.cache
+def openworld_labelset():
+    """The label set whose train ids ContMAV learns: Cityscapes' (the synthetic city,
+    Cityscapes, BDD-Anomaly), or the categories of a coco_panoptic study's val JSON
+    (read here, so that openworld.unknown is checked before any job starts)."""
+    from vocabseg.data.labelset import LabelSet, labelset_from_files
+    from vocabseg.errors import InputError
+
+    if KIND != "coco_panoptic" or OW_ON_BDD:
+        return LabelSet.cityscapes()
+    try:
+        return labelset_from_files(DATASET, Path(COCO["root"]) / COCO["json"].format(split="val"))
+    except InputError as err:
+        raise WorkflowError(f"config key dataset.coco_panoptic.json: {err}") from None
+
+
+def openworld_unknown():
+    """openworld.unknown as train ids of the label set (each entry a train id or a
+    class name); one line naming the key for an entry that is neither."""
+    from vocabseg.errors import InputError
+
+    labels = openworld_labelset()
+    try:
+        unknown = [labels.train_id(ref, f"config key openworld.unknown.{i}") for i, ref in enumerate(OW["unknown"])]
+    except InputError as err:
+        raise WorkflowError(str(err)) from None
+    if len(set(unknown)) != len(unknown):
+        raise WorkflowError(f"config key openworld.unknown: a class is named twice ({OW['unknown']})")
+    if len(unknown) == labels.num_classes:
+        raise WorkflowError("config key openworld.unknown: every class is unknown; keep at least one known")
+    return unknown, labels.num_classes
+
+
+OW_UNKNOWN_IDS, OW_NUM_CLASSES = openworld_unknown() if OW else ([], 0)
+
+
+def openworld_similar_args():
+    """`contmav-eval --similar` of openworld.eval.similar, each pair as train ids of the
+    label set ("" when unset: the evaluation's default)."""
+    from vocabseg.errors import InputError
+
+    pairs = (OW.get("eval") or {}).get("similar")
+    if pairs is None:
+        return ""
+    labels = openworld_labelset()
+    try:
+        ids = [
+            [labels.train_id(ref, f"config key openworld.eval.similar.{i}.{j}") for j, ref in enumerate(pair)]
+            for i, pair in enumerate(pairs)
+        ]
+    except InputError as err:
+        raise WorkflowError(str(err)) from None
+    for i, (unknown, known) in enumerate(ids):
+        if unknown not in OW_UNKNOWN_IDS or known in OW_UNKNOWN_IDS:
+            raise WorkflowError(
+                f"config key openworld.eval.similar.{i}: {pairs[i]} must pair an unknown class "
+                "(openworld.unknown) with a known one"
+            )
+    return " ".join(["--similar", *(f"{unknown}:{known}" for unknown, known in ids)])
+
+OW_UNKNOWN = " ".join(str(i) for i in OW_UNKNOWN_IDS)
+# the classes a model is trained on: every class but the unknown ones (1+19 on Cityscapes when none)
+OW_KNOWN_ARG = "--known " + " ".join(str(i) for i in range(OW_NUM_CLASSES) if i not in OW_UNKNOWN_IDS)
 OW_MODEL = OW.get("model", {"preset": "paper"})
 OW_RECIPE = OW.get("recipe", {})
 if "epochs" in OW_RECIPE and "iters" in OW_RECIPE:
     raise WorkflowError("config key openworld.recipe: give only one of epochs, iters")
 OW_EVAL = {"size": [512, 1024], "cluster_stride": 4, **OW.get("eval", {})}  # the schema's defaults
 OW_BDD_VARIANT = OW.get("bdd_variant", "1+16")
-OW_ON_BDD = OW.get("dataset") == "bdd-anomaly"
 if OW_ON_BDD and not OW.get("bdd100k"):
     raise WorkflowError(
         "config key openworld.bdd100k: the BDD100K folder (images/10k, labels/sem_seg/masks) "
@@ -670,7 +727,7 @@ if OW_ON_BDD:
     OW_IMAGES = OW_LABELS = f"resources/bdd-anomaly-{OW_BDD_VARIANT}"
     OW_EVAL_SPLIT = "test"
 else:
-    # the study's own dataset (synthetic city or Cityscapes): photos in the raw
+    # the study's own dataset (synthetic city, Cityscapes, COCO-panoptic): photos in the raw
     # download, train-id labels in the prepared folder
     OW_IMAGES, OW_LABELS = RAW, PREPARED
     OW_EVAL_SPLIT = "val"

@@ -29,6 +29,7 @@ rule contmav_weights:
     input:
         images=OW_IMAGES,
         labels=OW_LABELS,
+        labelset=LABELS,
     output:
         f"{OW_RESULTS}/class_weights.json",
     log:
@@ -41,13 +42,14 @@ rule contmav_weights:
         roots=ow_roots("train"),
         known=OW_KNOWN_ARG,
     shell:
-        "vocabseg contmav-weights {params.roots} {params.known} --out {output} > {log} 2>&1"
+        "vocabseg contmav-weights {params.roots} {params.known} --labels {input.labelset} --out {output} > {log} 2>&1"
 
 
 rule contmav_train:
     input:
         images=OW_IMAGES,
         labels=OW_LABELS,
+        labelset=LABELS,
         weights=f"{OW_RESULTS}/class_weights.json",
     output:
         f"{OW_RESULTS}/models/{{variant}}/model.pt",
@@ -76,7 +78,7 @@ rule contmav_train:
         nproc=nproc,
     shell:
         f"{TORCHRUN} -m vocabseg.cli contmav-train"
-        " {params.roots} {params.known} --weights {input.weights}"
+        " {params.roots} {params.known} --labels {input.labelset} --weights {input.weights}"
         " --model {params.model:q} --variant {params.loss:q} --recipe {params.recipe:q}"
         " --out {output} --state-dir {params.state} --metrics-log {params.state}/metrics.jsonl"
         " --threads {threads}"
@@ -87,6 +89,7 @@ rule contmav_eval:
         model=f"{OW_RESULTS}/models/{{variant}}/model.pt",
         images=OW_IMAGES,
         labels=OW_LABELS,
+        labelset=LABELS,
     output:
         metrics=f"{OW_RESULTS}/metrics/{{variant}}.json",
         images=f"{OW_RESULTS}/metrics/{{variant}}.images.npz",
@@ -114,8 +117,9 @@ rule contmav_eval:
         unknown=f"--unknown {OW_UNKNOWN}" if OW_UNKNOWN else "",
         size=f"--size {OW_EVAL['size'][0]} {OW_EVAL['size'][1]}" if OW_EVAL["size"] else "",
         stride=OW_EVAL["cluster_stride"],
+        similar=openworld_similar_args(),
         facts=lambda wc: ow_facts(wc.variant),
     shell:
         "vocabseg contmav-eval --model {input.model} {params.roots} {params.unknown}"
-        " {params.size} --cluster-stride {params.stride} --threads {threads} {params.facts}"
+        " {params.size} --cluster-stride {params.stride} {params.similar} --threads {threads} --labels {input.labelset} {params.facts}"
         " --out {output.metrics} --images-out {output.images} > {log} 2>&1"

@@ -21,6 +21,12 @@ Cityscapes preparation uses:
                                          and each segment its "area" if it had none;
                                          image ids become strings, as predictions'
     <prepared>/cityscapes_panoptic_{split}/       the PNGs (hard links where possible)
+    <prepared>/gtFine/{split}/<dir>/<stem>_gtFine_labelTrainIds.png
+                                         per photo <dir>/<stem>.<ext> (its file_name), the
+                                         semantic labels ContMAV reads
+                                         (vocabseg.openworld.dataset): each pixel the
+                                         train id of its segment's category in the label
+                                         set (LabelSet.from_categories), 255 void
 """
 
 from __future__ import annotations
@@ -34,13 +40,13 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from vocabseg.data.labelset import LabelSet
+from vocabseg.data.labelset import IGNORE_TRAIN_ID, LabelSet
 from vocabseg.data.panoptic_png import read_panoptic_png
-from vocabseg.data.photos import PATH_KEY
+from vocabseg.data.photos import PATH_KEY, train_id_label_path
 from vocabseg.errors import InputError
 from vocabseg.fileio import link_or_copy, read_json, replace_dir, write_json_atomic
 
-__all__ = ["CocoLayout", "check_split", "prepare_coco_panoptic", "prepared_name"]
+__all__ = ["CocoLayout", "check_split", "prepare_coco_panoptic", "prepared_name", "train_id_map"]
 
 #: problems listed in the error before "... and N more"
 MAX_LISTED = 20
@@ -149,6 +155,29 @@ def _check_annotation(
     return {**ann, "image_id": image_id, "segments_info": segments}, problems
 
 
+def train_id_map(ids: np.ndarray, segments: Sequence[Mapping], labels: LabelSet) -> np.ndarray:
+    """Semantic labels of a panoptic segment map: ``ids`` (H, W) segment ids, ``segments``
+    the annotation's ``segments_info`` -> (H, W) uint8 train ids of their categories
+    (crowd segments too), 255 (void) where no listed segment is."""
+    lut = labels.train_id_lut()
+    seg_ids = np.array([int(s["id"]) for s in segments], dtype=np.int64)
+    train_ids = np.array([lut[int(s["category_id"])] for s in segments], dtype=np.uint8)
+    out = np.full(ids.shape, IGNORE_TRAIN_ID, dtype=np.uint8)
+    if len(seg_ids):
+        order = np.argsort(seg_ids)
+        pos = np.clip(np.searchsorted(seg_ids[order], ids), 0, len(seg_ids) - 1)
+        hit = seg_ids[order][pos] == ids
+        out[hit] = train_ids[order][pos[hit]]
+    return out
+
+
+def _write_train_ids(ann: Mapping, image: Mapping, png: Path, labels: LabelSet, out_dir: Path) -> None:
+    """The ContMAV label PNG of one annotation, named after its photo's file_name."""
+    path = train_id_label_path(out_dir, image["file_name"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(train_id_map(read_panoptic_png(png), ann["segments_info"], labels), mode="L").save(path)
+
+
 def prepare_coco_panoptic(
     layout: CocoLayout, raw_out: Path, prepared_out: Path, splits: Sequence[str] = ("train", "val")
 ) -> dict[str, int]:
@@ -176,14 +205,18 @@ def prepare_coco_panoptic(
         shutil.rmtree(tmp, ignore_errors=True)
     (raw_tmp / "leftImg8bit").mkdir(parents=True)
     prepared_tmp.mkdir(parents=True)
+    labels = LabelSet.from_categories("dataset", first["categories"], source=str(layout.paths(splits[0])[1]))
     for split in splits:
         image_dir, _, png_dir = layout.paths(split)
         os.symlink(image_dir.resolve(), raw_tmp / "leftImg8bit" / split, target_is_directory=True)
         folder = prepared_tmp / prepared_name(split)
         folder.mkdir()
+        images = {image["id"]: image for image in checked[split]["images"]}
         for ann in checked[split]["annotations"]:
             (folder / ann["file_name"]).parent.mkdir(parents=True, exist_ok=True)
             link_or_copy(png_dir / ann["file_name"], folder / ann["file_name"])
+            _write_train_ids(ann, images[ann["image_id"]], png_dir / ann["file_name"], labels,
+                             prepared_tmp / "gtFine" / split)
         write_json_atomic(checked[split], prepared_tmp / f"{prepared_name(split)}.json")
     replace_dir(raw_tmp, raw_out)
     replace_dir(prepared_tmp, prepared_out)

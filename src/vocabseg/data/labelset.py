@@ -136,6 +136,17 @@ class LabelSet:
         known = ", ".join(f"{c.id} {c.name}" for c in self.evaluated)
         raise InputError(f"{key}: no evaluated class {ref!r} in the {self.dataset} label set ({known})")
 
+    def train_id(self, ref: int | str, key: str = "class") -> int:
+        """The train id of an evaluated class given by train id (an int in 0..K-1) or by
+        name (a string); ``key`` names the config entry in the error."""
+        for c in self.evaluated:
+            if (isinstance(ref, str) and c.name == ref) or (not isinstance(ref, str) and c.train_id == ref):
+                return c.train_id
+        known = ", ".join(f"{c.train_id} {c.name}" for c in self.evaluated)
+        raise InputError(
+            f"{key}: no evaluated class with train id or name {ref!r} in the {self.dataset} label set ({known})"
+        )
+
     def categories(self) -> list[dict]:
         """The evaluated classes as a COCO-panoptic ``categories`` list (label-id order
         for Cityscapes, as ``csCreatePanopticImgs`` writes it)."""

@@ -1,15 +1,19 @@
 """Semantic-segmentation data in the Cityscapes layout, for ContMAV training and evaluation.
 
 Files (what :mod:`vocabseg.data.prepare` produces for Cityscapes and the synthetic
-city; BDD-Anomaly is laid out the same way, issue #6 of the public ContMAV code)::
+city, and :mod:`vocabseg.data.coco_panoptic` for a user's COCO-panoptic dataset;
+BDD-Anomaly is laid out the same way, issue #6 of the public ContMAV code)::
 
     image_root = <raw>/leftImg8bit/<split>:       <city>/<stem>_leftImg8bit.{png,jpg,jpeg}
     label_root = <prepared>/gtFine/<split>:      <city>/<stem>_gtFine_labelTrainIds.png
 
 An image named without the ``_leftImg8bit`` part (``<city>/<stem>.jpg``) also works;
-its label is ``<city>/<stem>_gtFine_labelTrainIds.png`` all the same. Label PNGs hold
-Cityscapes train ids: ``0 .. 18`` classes, 255 void; any other value (a
-``*_labelIds.png`` by mistake) raises :class:`InputError` naming the file.
+its label is ``<city>/<stem>_gtFine_labelTrainIds.png`` all the same. Images may lie
+at any depth below ``image_root`` (a COCO dataset's photos often lie directly in it):
+the label is at the same relative folder below ``label_root``. Label PNGs hold train
+ids of the dataset's label set (:class:`~vocabseg.data.labelset.LabelSet`):
+``0 .. C-1`` classes (``num_classes`` C; Cityscapes' 19 by default), 255 void; any
+other value (a ``*_labelIds.png`` by mistake) raises :class:`InputError` naming the file.
 
 Label spaces. ``known_train_ids`` (e.g. the 19 train ids minus train / motorcycle /
 bicycle for BDD-Anomaly's "1+16") are the K known classes; their order gives the
@@ -47,6 +51,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vocabseg.data.photos import train_id_label_path
 from vocabseg.data.transforms import AugmentConfig, TrainAugment, color_jitter_hsv
 from vocabseg.errors import InputError
 from vocabseg.fileio import read_rgb
@@ -63,14 +68,14 @@ __all__ = [
     "contmav_augment",
 ]
 
-#: Cityscapes' evaluated classes: train ids 0 .. 18.
+#: Cityscapes' evaluated classes: train ids 0 .. 18 (the default class count C; a
+#: study's label set gives its own).
 NUM_TRAIN_IDS = 19
 #: Void (and the unknown label of the objectosphere loss).
 VOID = 255
 #: Training label of unknown-class pixels with ``unknown_as="ignore"``: no loss uses it.
 UNKNOWN_CLASS = 254
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-_LABEL_SUFFIX = "_gtFine_labelTrainIds.png"
 
 
 @dataclass(frozen=True)
@@ -79,19 +84,21 @@ class LabelSpace:
 
     ``known`` the K known train ids (their order = indices 0..K-1); ``unknown`` the
     unknown classes (their order = ``K + j``): by default every other train id among
-    ``0 .. NUM_TRAIN_IDS-1``, ascending; a train id in neither counts as void.
+    ``0 .. num_classes-1`` (the dataset's C classes), ascending; a train id in neither
+    counts as void.
     """
 
     known: tuple[int, ...]
     only_unknown: tuple[int, ...] | None = None
+    num_classes: int = NUM_TRAIN_IDS
 
     def __post_init__(self) -> None:
         known = tuple(int(t) for t in self.known)
         if not known:
             raise InputError("known train ids: the list is empty")
-        bad = [t for t in known if not 0 <= t < NUM_TRAIN_IDS]
+        bad = [t for t in known if not 0 <= t < self.num_classes]
         if bad:
-            raise InputError(f"known train ids: {bad} outside 0..{NUM_TRAIN_IDS - 1}")
+            raise InputError(f"known train ids: {bad} outside 0..{self.num_classes - 1}")
         if len(set(known)) != len(known):
             raise InputError(f"known train ids: repeated ids in {list(known)}")
         object.__setattr__(self, "known", known)
@@ -100,7 +107,7 @@ class LabelSpace:
     def unknown(self) -> tuple[int, ...]:
         if self.only_unknown is not None:
             return tuple(int(t) for t in self.only_unknown)
-        return tuple(t for t in range(NUM_TRAIN_IDS) if t not in self.known)
+        return tuple(t for t in range(self.num_classes) if t not in self.known)
 
     @property
     def num_known(self) -> int:
@@ -132,16 +139,18 @@ def _stem(image: Path) -> str:
 
 
 def list_semantic_pairs(image_root: Path, label_root: Path) -> list[tuple[Path, Path]]:
-    """Sorted ``(image, label)`` paths of a split.
+    """Sorted ``(image, label)`` paths of a split: every image below ``image_root`` (at
+    any depth: ``<city>/`` subfolders in Cityscapes) and its label at the same relative
+    folder below ``label_root``.
 
     :class:`InputError` naming the folder if ``image_root`` is missing or holds no
-    image in ``<city>/`` subfolders, or naming the label file an image lacks.
+    image, or naming the label file an image lacks.
     """
     image_root, label_root = Path(image_root), Path(label_root)
     if not image_root.is_dir():
         raise InputError(f"{image_root}: image folder not found (expected leftImg8bit/<split>)")
     images = sorted(
-        p for p in image_root.glob("*/*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        p for p in image_root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
     )
     if not images:
         raise InputError(
@@ -151,16 +160,20 @@ def list_semantic_pairs(image_root: Path, label_root: Path) -> list[tuple[Path, 
         raise InputError(f"{label_root}: label folder not found (expected gtFine/<split>)")
     pairs = []
     for image in images:
-        label = label_root / image.parent.name / f"{_stem(image)}{_LABEL_SUFFIX}"
+        label = train_id_label_path(label_root, image.relative_to(image_root))
         if not label.is_file():
-            raise InputError(f"{label}: missing train-id label of {image}; run `vocabseg prepare`")
+            raise InputError(
+                f"{label}: missing train-id label of {image}; run `vocabseg prepare` (a COCO-panoptic "
+                "dataset: `vocabseg prepare-coco`, which writes one per annotated photo)"
+            )
         pairs.append((image, label))
     return pairs
 
 
-def read_train_ids(path: Path) -> np.ndarray:
+def read_train_ids(path: Path, num_classes: int = NUM_TRAIN_IDS) -> np.ndarray:
     """(H, W) uint8 train-id map of a label PNG; :class:`InputError` naming the file if it
-    is unreadable, not single-channel, or holds a value outside ``0..18`` and 255."""
+    is unreadable, not single-channel, or holds a value outside ``0..num_classes-1`` and
+    255."""
     try:
         with Image.open(path) as im:
             if im.mode not in ("L", "P", "I;16", "I"):
@@ -170,10 +183,10 @@ def read_train_ids(path: Path) -> np.ndarray:
         if isinstance(err, InputError):
             raise
         raise InputError(f"{path}: unreadable label image ({err})") from None
-    bad = (ids >= NUM_TRAIN_IDS) & (ids != VOID)
+    bad = (ids >= num_classes) & (ids != VOID)
     if bad.any():
         raise InputError(
-            f"{path}: value {int(ids[bad][0])} is not a train id (0..{NUM_TRAIN_IDS - 1}) or {VOID}; "
+            f"{path}: value {int(ids[bad][0])} is not a train id (0..{num_classes - 1}) or {VOID}; "
             "is this a *_labelIds.png instead of *_labelTrainIds.png?"
         )
     return ids.astype(np.uint8, copy=False)
@@ -199,6 +212,8 @@ class SemanticDataset:
         hsv_jitter: the ``RandomHSV`` colour augmentation (only with ``augment``).
         unknown_as: ``"ignore"`` (default) or ``"void"``, training label of the
             unknown classes.
+        num_classes: C, the dataset's classes (train ids ``0 .. C-1``; the label set's
+            ``num_classes``, Cityscapes' 19 by default).
 
     ``get(index, seed) -> (image float32 [3, h, w] RGB 0..255, {"labels": int64 [h, w],
     "seed": seed})`` (training labels, deterministic per seed, the
@@ -215,10 +230,11 @@ class SemanticDataset:
         augment: AugmentConfig | None = None,
         hsv_jitter: bool = True,
         unknown_as: str = "ignore",
+        num_classes: int = NUM_TRAIN_IDS,
     ):
         if unknown_as not in ("ignore", "void"):
             raise InputError(f"unknown_as: choose 'ignore' or 'void', got {unknown_as!r}")
-        self.space = LabelSpace(tuple(known_train_ids))
+        self.space = LabelSpace(tuple(known_train_ids), num_classes=num_classes)
         self.pairs = list_semantic_pairs(Path(image_root), Path(label_root))
         self.augment = None if augment is None else TrainAugment(augment)
         self.hsv_jitter = hsv_jitter
@@ -241,7 +257,7 @@ class SemanticDataset:
         """Unaugmented ``(image float32 [3, H, W] 0..255, train ids int64 [H, W])``."""
         image_path, label_path = self.pairs[index]
         image = read_rgb(image_path)
-        ids = read_train_ids(label_path)
+        ids = read_train_ids(label_path, self.space.num_classes)
         if ids.shape != image.shape[:2]:
             raise InputError(f"{label_path}: size {ids.shape[::-1]} differs from {image_path} ({image.shape[1::-1]})")
         image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()

@@ -18,10 +18,11 @@ streamed into fixed score histograms (:class:`~vocabseg.openworld.metrics.Binned
 distance to the exact metrics is in ``anomaly.error_bound``.
 
 Label spaces: the export's known train ids are the known classes 0..K-1; the unknown
-classes are the other train ids (default) or ``unknown_train_ids``; train ids that are
-neither count as void. Class similarity uses the paper's lookup table (train -> truck,
-motorcycle -> car, [P] §4.4) for the pairs that are unknown / known here, unless
-``similar_targets`` is given.
+classes are the other train ids of the label set (default) or ``unknown_train_ids``;
+train ids that are neither count as void. Class similarity uses ``similar_targets``, by
+default the paper's lookup table (train -> truck, motorcycle -> car, [P] §4.4) on the
+Cityscapes label set and none on another dataset's, for the pairs that are unknown /
+known here.
 
 The ``run`` block of the JSON holds the given facts plus ``known_train_ids``,
 ``unknown_train_ids``, ``delta``, ``eta``, ``eval_size``, ``epochs`` (of the export),
@@ -48,7 +49,7 @@ from vocabseg.openworld.inference import (
 )
 from vocabseg.openworld.train import load_contmav_export
 from vocabseg.data.labelset import LabelSet
-from vocabseg.openworld.dataset import NUM_TRAIN_IDS, LabelSpace, SemanticDataset
+from vocabseg.openworld.dataset import LabelSpace, SemanticDataset
 from vocabseg.errors import InputError
 from vocabseg.engine import distributed
 from vocabseg.openworld.metrics import SCORE_BINS, OpenWorldAccumulator, write_openworld_metrics
@@ -167,7 +168,8 @@ def evaluate_contmav(
             give every unknown pixel its nearest discovered class
             (:func:`discover_classes_strided`); 1 = the paper's online rule on every pixel.
         max_classes: stop creating classes once this many exist (None: no limit).
-        similar_targets: unknown train id -> known train id for class similarity.
+        similar_targets: unknown train id -> known train id for class similarity
+            (None: :data:`PAPER_SIMILAR_TARGETS` for Cityscapes, none otherwise).
         score_bins: histogram bins of the streamed anomaly curves (memory 16 bytes per
             bin); None keeps every score for the exact curves (9+ bytes per pixel).
         facts: run facts stored under ``"run"`` (e.g. approach, study).
@@ -176,7 +178,8 @@ def evaluate_contmav(
         images_out: ``.npz`` for the per-image counts the bootstrap resamples
             (:class:`~vocabseg.openworld.metrics.OpenWorldImageStats`), the unknown
             scores at the resolution of the metrics (``score_bins``, or exact), sparse.
-        labels: the dataset's label set, naming the train ids (None: Cityscapes).
+        labels: the dataset's label set: its class count and the names of the train
+            ids (None: Cityscapes).
 
     Returns the results dict (the JSON content).
     """
@@ -185,7 +188,10 @@ def evaluate_contmav(
     export = load_contmav_export(model_path)
     model = export.model.to(device)
     known = list(export.known_train_ids)
-    unknown = list(LabelSpace(tuple(known)).unknown) if unknown_train_ids is None else [
+    cityscapes = LabelSet.cityscapes()
+    labels = labels or cityscapes
+    num_classes = labels.num_classes
+    unknown = list(LabelSpace(tuple(known), num_classes=num_classes).unknown) if unknown_train_ids is None else [
         int(t) for t in unknown_train_ids
     ]
     overlap = sorted(set(unknown) & set(known))
@@ -195,13 +201,18 @@ def evaluate_contmav(
         raise InputError(f"cluster stride must be >= 1, got {cluster_stride}")
     if score_bins is not None and score_bins < 1:
         raise InputError(f"score bins must be >= 1, got {score_bins}")
-    if any(not 0 <= t < NUM_TRAIN_IDS for t in unknown):
-        raise InputError(f"unknown train ids: {unknown} must lie in 0..{NUM_TRAIN_IDS - 1}")
-    dataset = SemanticDataset(image_root, label_root, known)
-    names = (labels or LabelSet.cityscapes()).train_id_names()
-    space = LabelSpace(tuple(known), tuple(unknown))
+    if any(not 0 <= t < num_classes for t in known + unknown):
+        raise InputError(
+            f"known {known} / unknown {unknown} train ids must lie in 0..{num_classes - 1} "
+            f"(the {labels.dataset} label set)"
+        )
+    dataset = SemanticDataset(image_root, label_root, known, num_classes=num_classes)
+    names = labels.train_id_names()
+    space = LabelSpace(tuple(known), tuple(unknown), num_classes)
     k, u = len(known), len(unknown)
-    targets_by_id = PAPER_SIMILAR_TARGETS if similar_targets is None else dict(similar_targets)
+    if similar_targets is None:
+        similar_targets = PAPER_SIMILAR_TARGETS if labels == cityscapes else {}
+    targets_by_id = dict(similar_targets)
     targets = {k + unknown.index(a): known.index(b) for a, b in targets_by_id.items() if a in unknown and b in known}
     acc = OpenWorldAccumulator(
         k,

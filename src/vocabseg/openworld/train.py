@@ -447,10 +447,11 @@ def class_weight_stats(dataset: SemanticDataset) -> dict[str, Any]:
 
 
 def write_class_weights(
-    image_root: Path, label_root: Path, known_train_ids: Sequence[int], out: Path
+    image_root: Path, label_root: Path, known_train_ids: Sequence[int], out: Path, num_classes: int = NUM_TRAIN_IDS
 ) -> dict[str, Any]:
-    """Compute :func:`class_weight_stats` of a training split and write them as JSON."""
-    dataset = SemanticDataset(image_root, label_root, known_train_ids)
+    """Compute :func:`class_weight_stats` of a training split (train ids ``0 ..
+    num_classes-1``) and write them as JSON."""
+    dataset = SemanticDataset(image_root, label_root, known_train_ids, num_classes=num_classes)
     stats = class_weight_stats(dataset)
     stats.update(image_root=str(image_root), label_root=str(label_root))
     write_json_atomic(stats, out)
@@ -593,8 +594,12 @@ def train_contmav(
     out: Path,
     state_dir: Path,
     metrics_log: Path,
+    num_classes: int = NUM_TRAIN_IDS,
 ) -> None:
     """Train one ContMAV variant on a split and export it to ``out`` (resumable).
+
+    ``num_classes``: the dataset's classes C (label train ids ``0 .. C-1``, the label
+    set's; Cityscapes' 19 by default).
 
     ``recipe``: :data:`CONTMAV_RECIPE` keys to override (trainer settings of
     :class:`~vocabseg.engine.trainer.TrainConfig`, ``epochs`` or ``iters``,
@@ -616,6 +621,7 @@ def train_contmav(
         augment=contmav_augment(augment["crop_size"], augment["min_scale"], augment["max_scale"], augment["flip"]),
         hsv_jitter=bool(augment["hsv_jitter"]),
         unknown_as=unknown_as,
+        num_classes=num_classes,
     )
     space = dataset.space
     if "epochs" in settings:
@@ -640,10 +646,11 @@ def train_contmav(
     train(task, dataset, cfg, out=out, state_dir=state_dir, metrics_log=metrics_log, inputs=inputs)
 
 
-def known_from_unknown(unknown: Sequence[int]) -> list[int]:
-    """The train ids 0..18 not in ``unknown`` (e.g. (16, 17, 18) -> BDD-Anomaly's 1+16)."""
-    bad = [t for t in unknown if not 0 <= int(t) < NUM_TRAIN_IDS]
+def known_from_unknown(unknown: Sequence[int], num_classes: int = NUM_TRAIN_IDS) -> list[int]:
+    """The train ids ``0 .. num_classes-1`` not in ``unknown`` (e.g. (16, 17, 18) ->
+    BDD-Anomaly's 1+16 of Cityscapes' 19)."""
+    bad = [t for t in unknown if not 0 <= int(t) < num_classes]
     if bad:
-        raise InputError(f"unknown train ids: {bad} outside 0..{NUM_TRAIN_IDS - 1}")
-    return [t for t in range(NUM_TRAIN_IDS) if t not in {int(u) for u in unknown}]
+        raise InputError(f"unknown train ids: {bad} outside 0..{num_classes - 1}")
+    return [t for t in range(num_classes) if t not in {int(u) for u in unknown}]
 
