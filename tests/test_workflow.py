@@ -158,7 +158,7 @@ def test_combined_runs_start_from_the_trained_ftzs_and_lower_bound(tmp_path):
     inputs = block.splitlines()[1]
     assert "results/synthetic/models/ftzs/model.pt" in inputs
     assert "results/synthetic/models/lowerbound/model.pt" in inputs
-    assert "results/synthetic/models/combined/mean_008_200_from_ftzs+lowerbound/model.pt" in block
+    assert "results/synthetic/models/combined/mean_008_100_from_ftzs+lowerbound/model.pt" in block
     assert ("--init results/synthetic/models/ftzs/model.pt --init-m2 results/synthetic/models/lowerbound/model.pt"
             in block) and "--m2-in-only" not in block
     jobs = jobs_planned(res.stdout)
