@@ -671,13 +671,20 @@ def openworld_unknown():
 
     labels = openworld_labelset()
     try:
-        unknown = [labels.train_id(ref, f"config key openworld.unknown.{i}") for i, ref in enumerate(OW["unknown"])]
+        unknown = [
+            labels.train_id(ref, f"config key openworld.unknown.{i}")
+            for i, ref in enumerate(OW["unknown"])
+        ]
     except InputError as err:
         raise WorkflowError(str(err)) from None
     if len(set(unknown)) != len(unknown):
-        raise WorkflowError(f"config key openworld.unknown: a class is named twice ({OW['unknown']})")
+        raise WorkflowError(
+            f"config key openworld.unknown: a class is named twice ({OW['unknown']})"
+        )
     if len(unknown) == labels.num_classes:
-        raise WorkflowError("config key openworld.unknown: every class is unknown; keep at least one known")
+        raise WorkflowError(
+            "config key openworld.unknown: every class is unknown; keep at least one known"
+        )
     return unknown, labels.num_classes
 
 
@@ -695,7 +702,10 @@ def openworld_similar_args():
     labels = openworld_labelset()
     try:
         ids = [
-            [labels.train_id(ref, f"config key openworld.eval.similar.{i}.{j}") for j, ref in enumerate(pair)]
+            [
+                labels.train_id(ref, f"config key openworld.eval.similar.{i}.{j}")
+                for j, ref in enumerate(pair)
+            ]
             for i, pair in enumerate(pairs)
         ]
     except InputError as err:
@@ -708,9 +718,12 @@ def openworld_similar_args():
             )
     return " ".join(["--similar", *(f"{unknown}:{known}" for unknown, known in ids)])
 
+
 OW_UNKNOWN = " ".join(str(i) for i in OW_UNKNOWN_IDS)
 # the classes a model is trained on: every class but the unknown ones (1+19 on Cityscapes when none)
-OW_KNOWN_ARG = "--known " + " ".join(str(i) for i in range(OW_NUM_CLASSES) if i not in OW_UNKNOWN_IDS)
+OW_KNOWN_ARG = "--known " + " ".join(
+    str(i) for i in range(OW_NUM_CLASSES) if i not in OW_UNKNOWN_IDS
+)
 OW_MODEL = OW.get("model", {"preset": "paper"})
 OW_RECIPE = OW.get("recipe", {})
 if "epochs" in OW_RECIPE and "iters" in OW_RECIPE:
