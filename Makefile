@@ -3,6 +3,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 CORES ?= all
+# the test files run in parallel, one worker per core; a file's tests share one worker
+# (module fixtures such as the SLURM cluster). PYTEST_ARGS= runs them one by one.
+PYTEST_ARGS ?= -n auto --dist loadfile
 BIN := $(VENV)/bin
 
 .PHONY: study test clean-results
