@@ -156,7 +156,7 @@ def test_checkpoint_of_another_preset_names_both(tmp_path, never_build, file_pre
     with pytest.raises(InputError) as info:
         build_model(ModelSpec(preset=study), path)
     assert_one_line(str(info.value), str(path), f"FC-CLIP '{file_preset}' checkpoint", f"model.preset is '{study}'")
-    assert len(str(info.value)) < 250
+    assert len(str(info.value).replace(str(path), "<file>")) < 200  # short, whatever the temporary path
 
 
 def test_checkpoint_against_overrides(tmp_path, never_build):
