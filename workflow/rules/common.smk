@@ -664,19 +664,23 @@ def openworld_labelset():
         raise WorkflowError(f"config key dataset.coco_panoptic.json: {err}") from None
 
 
-def openworld_unknown():
-    """openworld.unknown as train ids of the label set (each entry a train id or a
-    class name); one line naming the key for an entry that is neither."""
+def openworld_train_ids(refs, key):
+    """Config entries (train ids or class names) as train ids of the label set; one
+    line naming `key.<i>` for an entry that is neither."""
     from vocabseg.errors import InputError
 
     labels = openworld_labelset()
     try:
-        unknown = [
-            labels.train_id(ref, f"config key openworld.unknown.{i}")
-            for i, ref in enumerate(OW["unknown"])
-        ]
+        return [labels.train_id(ref, f"{key}.{i}") for i, ref in enumerate(refs)]
     except InputError as err:
         raise WorkflowError(str(err)) from None
+
+
+def openworld_unknown():
+    """openworld.unknown as train ids of the label set (each entry a train id or a
+    class name)."""
+    labels = openworld_labelset()
+    unknown = openworld_train_ids(OW["unknown"], "config key openworld.unknown")
     if len(set(unknown)) != len(unknown):
         raise WorkflowError(
             f"config key openworld.unknown: a class is named twice ({OW['unknown']})"
@@ -694,22 +698,13 @@ OW_UNKNOWN_IDS, OW_NUM_CLASSES = openworld_unknown() if OW else ([], 0)
 def openworld_similar_args():
     """`contmav-eval --similar` of openworld.eval.similar, each pair as train ids of the
     label set ("" when unset: the evaluation's default)."""
-    from vocabseg.errors import InputError
-
     pairs = (OW.get("eval") or {}).get("similar")
     if pairs is None:
         return ""
-    labels = openworld_labelset()
-    try:
-        ids = [
-            [
-                labels.train_id(ref, f"config key openworld.eval.similar.{i}.{j}")
-                for j, ref in enumerate(pair)
-            ]
-            for i, pair in enumerate(pairs)
-        ]
-    except InputError as err:
-        raise WorkflowError(str(err)) from None
+    ids = [
+        openworld_train_ids(pair, f"config key openworld.eval.similar.{i}")
+        for i, pair in enumerate(pairs)
+    ]
     for i, (unknown, known) in enumerate(ids):
         if unknown not in OW_UNKNOWN_IDS or known in OW_UNKNOWN_IDS:
             raise WorkflowError(

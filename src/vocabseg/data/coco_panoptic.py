@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 from vocabseg.data.labelset import IGNORE_TRAIN_ID, LabelSet
-from vocabseg.data.panoptic_png import read_panoptic_png
+from vocabseg.data.panoptic_png import read_panoptic_png, segment_index
 from vocabseg.data.photos import PATH_KEY, train_id_label_path
 from vocabseg.errors import InputError
 from vocabseg.fileio import link_or_copy, read_json, replace_dir, write_json_atomic
@@ -162,12 +162,9 @@ def train_id_map(ids: np.ndarray, segments: Sequence[Mapping], labels: LabelSet)
     lut = labels.train_id_lut()
     seg_ids = np.array([int(s["id"]) for s in segments], dtype=np.int64)
     train_ids = np.array([lut[int(s["category_id"])] for s in segments], dtype=np.uint8)
+    index = segment_index(ids, seg_ids)
     out = np.full(ids.shape, IGNORE_TRAIN_ID, dtype=np.uint8)
-    if len(seg_ids):
-        order = np.argsort(seg_ids)
-        pos = np.clip(np.searchsorted(seg_ids[order], ids), 0, len(seg_ids) - 1)
-        hit = seg_ids[order][pos] == ids
-        out[hit] = train_ids[order][pos[hit]]
+    out[index >= 0] = train_ids[index[index >= 0]]
     return out
 
 

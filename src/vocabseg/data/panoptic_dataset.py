@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from vocabseg.data.panoptic_png import read_panoptic_png
+from vocabseg.data.panoptic_png import read_panoptic_png, segment_index
 from vocabseg.data.photos import photo_path
 from vocabseg.errors import InputError
 from vocabseg.fileio import read_rgb
@@ -123,14 +123,8 @@ class PanopticTrainDataset:
             raise InputError(
                 f"{png_path}: size {ids.shape[::-1]} differs from {image_path} ({image.shape[1::-1]})"
             )
-        seg = np.zeros(ids.shape, dtype=np.int32)
-        if segments:
-            seg_ids = np.array([s[0] for s in segments], dtype=np.uint32)
-            order = np.argsort(seg_ids, kind="stable")
-            sorted_ids = seg_ids[order]
-            pos = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
-            hit = sorted_ids[pos] == ids
-            seg[hit] = order[pos[hit]].astype(np.int32) + 1
+        seg_ids = np.array([s[0] for s in segments], dtype=np.uint32)
+        seg = (segment_index(ids, seg_ids) + 1).astype(np.int32)
         return image, seg, [s[1] for s in segments]
 
     def get(self, index: int, seed: int) -> tuple[torch.Tensor, dict]:

@@ -52,6 +52,7 @@ __all__ = [
     "rgb_to_id",
     "id_to_rgb",
     "read_panoptic_png",
+    "segment_index",
     "write_panoptic_png",
 ]
 
@@ -86,6 +87,20 @@ def id_to_rgb(ids: np.ndarray) -> np.ndarray:
     """
     as_bytes = np.ascontiguousarray(ids, dtype="<u4").view(np.uint8)
     return np.ascontiguousarray(as_bytes.reshape(*np.shape(ids), 4)[..., :3])
+
+
+def segment_index(ids: np.ndarray, segment_ids: np.ndarray) -> np.ndarray:
+    """Which listed segment each pixel belongs to: ``ids`` (H, W) segment ids,
+    ``segment_ids`` (N,) the annotation's ids -> (H, W) int64 index into ``segment_ids``,
+    -1 where the pixel's id is not listed (void). Of two equal listed ids the first wins."""
+    index = np.full(np.shape(ids), -1, dtype=np.int64)
+    if len(segment_ids):
+        order = np.argsort(segment_ids, kind="stable")
+        sorted_ids = np.asarray(segment_ids)[order]
+        pos = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
+        hit = sorted_ids[pos] == ids
+        index[hit] = order[pos[hit]]
+    return index
 
 
 # --------------------------------------------------------------------------- writing
