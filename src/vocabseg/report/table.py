@@ -280,7 +280,8 @@ def _by_approach(
 
 def openworld_frame(metrics_files: Sequence[Path]) -> pd.DataFrame:
     """One row per ``contmav-eval`` metrics file (see :func:`openworld_table_row`),
-    plus the run facts dataset and unknown classes."""
+    plus the run facts dataset and unknown classes (their names, as the evaluator wrote
+    them; the ``--fact unknown=`` train ids for a file without names)."""
     rows = []
     for path in metrics_files:
         m = read_json(path)
@@ -290,7 +291,9 @@ def openworld_frame(metrics_files: Sequence[Path]) -> pd.DataFrame:
         if row["approach"] == "-":
             row["approach"] = Path(path).stem
         run = m.get("run", {})
-        row.update({"dataset": run.get("dataset", ""), "unknown": run.get("unknown", ""), "epochs": run.get("epochs", "")})
+        names = (m.get("classes") or {}).get("unknown")
+        unknown = ", ".join(names) if names else run.get("unknown", "")
+        row.update({"dataset": run.get("dataset", ""), "unknown": unknown, "epochs": run.get("epochs", "")})
         rows.append(row)
     return pd.DataFrame(rows)
 
