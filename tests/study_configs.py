@@ -6,7 +6,7 @@ TINY = {
     "dataset": {
         "name": "tinycity",
         "kind": "synthetic",
-        "synthetic": {"train": 4, "val": 3, "height": 64, "width": 128, "seed": 3},
+        "synthetic": {"train": 4, "val": 3, "height": 64, "width": 128, "seed": 2},
     },
     "vocabularies": ["000", "008"],
     "eval_vocab": "008",
