@@ -18,7 +18,7 @@ Two visual domains share the label semantics and the paints of the things:
 ``"target"`` (the data the pipeline fine-tunes and evaluates on) and ``"source"``
 (warmer light, other textures, a different camera and larger objects; used to
 pretrain a tiny model). Standing objects are at least 20 % of the image height tall,
-pedestrians and ridden two-wheelers at least 4/15 (a person at 128x256 at least 34 px,
+pedestrians and ridden two-wheelers at least 4/15 (a person at 128x256 about 34 px,
 about 9 cells of the model's stride-4 masks; a near pedestrian at Cityscapes' 1024x2048
 is ~150 px): a tiny model at this resolution can learn and transfer the thing classes.
 With 15 % for every object the default study's models found no pedestrian at all.
@@ -760,10 +760,8 @@ def _add_two_wheelers(scene: _Scene, plan: _Plan) -> None:
         else:
             s = int(rng.choice([-1, 1]))
             xs = [s * (st.walk_outer(s) - 0.8)]
-        if with_rider:
-            spot = _place(scene, xs, 1.9 * k, 1.7 * k, 1.0, min_height=scene.style.min_person_height)
-        else:
-            spot = _place(scene, xs, 1.9 * k, 1.1 * k, 1.0)
+        spot = _place(scene, xs, 1.9 * k, 1.7 * k if with_rider else 1.1 * k, 1.0,
+                      min_height=scene.style.min_person_height if with_rider else None)
         if spot is None:
             continue
         x, z = spot
