@@ -1,6 +1,6 @@
-"""Benchmark: training-step cost of the FTZS and combined approaches on CPU, random weights.
+"""Benchmark: training-step cost of the FTZS, combined and KD approaches on CPU, random weights.
 
-Two measurements, each in a fresh subprocess (this script with ``--one``; network
+Three measurements, each in a fresh subprocess (this script with ``--one``; network
 refused and counted as in ``fcclip_speed.py``, whose model construction, random text
 classifier and random images it reuses), FC-CLIP preset ``tiny`` by default (random
 weights everywhere, nothing downloaded), batch 2 of random 256x512 images (the
@@ -52,6 +52,13 @@ Data loading is not part of a step. The first step is a warm-up and not counted.
    with ``in_only`` True, the rest out-class (thing) segments with ``in_only`` False
    (the single model gets the same targets without the flag).
 
+3. KD (``--one kd``, its own process): ``DistillTask`` steps (student = the model,
+   teacher = a deep copy) on the in-class rectangles of the same targets, and per step
+   one more pass of the frozen CLIP on the batch (``task.backbone_features``), the
+   pass the teacher ran on its own before the task shared the student's. The former
+   step cost the step plus that pass, so the printed ratio is (step + pass) / step,
+   both measured in this run.
+
 The machine may be shared: ``--threads`` defaults to 1 (several torch threads on
 oversubscribed cores wait for each other and inflate wall times several-fold); the
 1-minute load average is printed with every row and next to each wall time the
@@ -74,7 +81,7 @@ import time
 import fcclip_speed as fs  # sibling benchmark: build, random_text, random_image, network block, peak RSS
 
 PRESETS = ("tiny", "r50")
-MODES = ("ftzs", "single", "combined")
+MODES = ("ftzs", "single", "combined", "kd")
 BATCH = 2
 GT_PER_IMAGE = 4  # ground-truth rectangles per image of the FTZS measurement
 PSEUDO_PER_IMAGE = 3  # out-class segments per image of the stand-in teacher (cached pseudo-labels)
@@ -323,10 +330,14 @@ def combined_targets(height: int, width: int, vocab: dict, gen) -> list[dict]:
 
 
 def measure_model(args) -> dict:
-    """Training steps of one FC-CLIP (``single``) or the combined pair; peak RSS."""
+    """Training steps of one FC-CLIP (``single``), the combined pair or KD (and per KD
+    step one backbone pass, ``backbone_s``); peak RSS."""
+    import copy
+
     import torch
 
     from vocabseg.approaches.combined import IN_ONLY_KEY, CombinedFCCLIP, CombinedTask
+    from vocabseg.approaches.distill import DistillTask
     from vocabseg.approaches.finetune import FinetuneTask
 
     height, width = args.size
@@ -339,23 +350,31 @@ def measure_model(args) -> dict:
     if args.one == "combined":
         model = CombinedFCCLIP.from_base(model, fusion=args.fusion)
         task = CombinedTask(model, text, num_points=args.num_points)
+    elif args.one == "kd":
+        out_index = [k for k, c in enumerate(vocab["class_ids"]) if c in vocab["out_ids"]]
+        task = DistillTask(model, copy.deepcopy(model), text, out_index, num_points=args.num_points)
     else:
         task = FinetuneTask(model, text, num_points=args.num_points)
     rss_built = fs.peak_rss_mib()
     trainable, frozen = fs.param_counts(model)
     optimizer, params, clip = optimiser(model)
     model.train()
-    times, cpu_times, losses = [], [], []
+    times, cpu_times, losses, backbone = [], [], [], []
     for _ in range(1 + args.steps):
         images = fs.random_image(BATCH, height, width, gen)
         targets = combined_targets(height, width, vocab, gen)
         if args.one == "single":
             targets = [{k: v for k, v in t.items() if k != IN_ONLY_KEY} for t in targets]
+        if args.one == "kd":  # the in-class rectangles: out-class pixels are VOID in KD's ground truth
+            targets = [{"labels": t["labels"][t[IN_ONLY_KEY]], "masks": t["masks"][t[IN_ONLY_KEY]], "seed": t["seed"]}
+                       for t in targets]
+            backbone.append(timed(lambda: task.backbone_features(images))[0])
         wall, cpu, loss = timed(lambda: train_step(task, model, images, targets, optimizer, params, clip))
         times.append(wall)
         cpu_times.append(cpu)
         losses.append(loss)
     return {
+        "backbone_s": backbone[1:],
         "warmup_s": times[0],
         "step_s": times[1:],
         "step_cpu_s": cpu_times[1:],
@@ -469,6 +488,17 @@ def print_models(rows: dict[str, dict], args: argparse.Namespace) -> None:
     )
 
 
+def print_kd(r: dict, args: argparse.Namespace) -> None:
+    h, w = args.size
+    step, backbone = mean(r["step_s"]), mean(r["backbone_s"])
+    print(
+        f"\n3. KD (DistillTask, one backbone pass for teacher and student): batch {BATCH} x {h}x{w},"
+        f" mean of {args.steps} step(s) after 1 warm-up, load {load_range(r)}"
+    )
+    print(f"KD step {step:.3f} s (cpu {mean(r['step_cpu_s']):.3f} s); one frozen-CLIP pass {backbone:.3f} s")
+    print(f"former step (teacher's own backbone pass) / KD step: {(step + backbone) / step:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=PRESETS, default="tiny")
@@ -507,12 +537,14 @@ def main() -> None:
     print("  ftzs: cached and online ...", flush=True)
     ftzs = spawn("ftzs", args)
     models = {}
-    for mode in ("single", "combined"):
+    for mode in ("single", "combined", "kd"):
         print(f"  {mode} ...", flush=True)
         models[mode] = spawn(mode, args)
+    kd = models.pop("kd")
     print_ftzs(ftzs, args)
     print_models(models, args)
-    fs.print_load_note([ftzs, *models.values()], args.threads)
+    print_kd(kd, args)
+    fs.print_load_note([ftzs, *models.values(), kd], args.threads)
     print(
         f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())};"
         f" total {time.perf_counter() - start:.0f} s"

@@ -335,3 +335,35 @@ def test_training_with_the_shared_trainer_changes_only_the_student(base, tmp_pat
     assert all(torch.equal(exported.state_dict()[k], v) for k, v in student.state_dict().items())
     changed = [k for k in before if not torch.equal(before[k], student.state_dict()[k])]
     assert any(k.startswith("sem_seg_head.") for k in changed)
+
+
+def test_one_backbone_pass_per_step_gives_the_separate_passes_results(base):
+    """Teacher and student hold the same frozen CLIP: a KD step runs it once (it ran
+    twice, once per model) and the heads see bit-identical features either way."""
+    model, text, images, out_idx = base
+    student, teacher = copy.deepcopy(model), copy.deepcopy(model)
+    with torch.no_grad():
+        for p in student.sem_seg_head.parameters():
+            p.mul_(0.95)
+    task = DistillTask(student, teacher, text, out_idx, num_points=256)
+    calls = []
+    for name, m in (("student", student), ("teacher", teacher)):
+        forward = m.backbone.forward
+        m.backbone.forward = lambda x, forward=forward, name=name: calls.append(name) or forward(x)
+    terms = task.losses(student, images, _targets())
+    assert len(calls) == 1
+    features = task.backbone_features(images)
+    with torch.no_grad():
+        shared = student(images, text.embeddings, text.num_synonyms, features=features)
+        own = student(images, text.embeddings, text.num_synonyms)
+    assert torch.equal(shared["pred_logits"], own["pred_logits"]) and torch.equal(shared["pred_masks"], own["pred_masks"])
+    assert terms["loss_kd_cls"].item() > 0
+
+
+def test_a_teacher_with_another_backbone_is_refused(base):
+    model, text, _, out_idx = base
+    teacher = copy.deepcopy(model)
+    with torch.no_grad():
+        next(teacher.backbone.parameters()).add_(1e-3)
+    with pytest.raises(ValueError, match="frozen CLIP backbone differs"):
+        DistillTask(copy.deepcopy(model), teacher, text, out_idx)

@@ -5,6 +5,8 @@ of the same weights, trained by the shared trainer on the configuration's ground
 truth (out-class pixels VOID) with the *19-class* test-vocabulary text classifier, so
 that its class head still has a column for every out-class. The ground truth teaches
 the in-classes; a distillation term keeps the teacher's out-of-vocabulary predictions.
+Both hold the same frozen CLIP (checked at construction), so a step runs it once and
+feeds its features to both heads, as the combined models share theirs.
 
 Loss of one batch (all from the decoder's training-time ``pred_logits`` [B, Q, K+1]
 and ``pred_masks`` [B, Q, h, w], h, w = H/4, W/4; not the inference ensemble)::
@@ -161,6 +163,12 @@ def _device_of(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """``a`` and ``b`` hold equal state dicts (same keys, bit-identical tensors)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k].to(sa[k].device)) for k in sa)
+
+
 class DistillTask:
     """Trainer task (see :class:`vocabseg.engine.trainer.TrainTask`) of the KD approach.
 
@@ -199,6 +207,8 @@ class DistillTask:
         trainable = {p.data_ptr() for p in student.parameters() if p.requires_grad}
         if any(p.data_ptr() in trainable for p in teacher.parameters()):
             raise ValueError("the teacher shares trainable parameters with the student; pass a separate copy")
+        if not _same_weights(student.backbone, teacher.backbone):
+            raise ValueError("the teacher's frozen CLIP backbone differs from the student's; both start from the same weights")
         num_classes = len(text.num_synonyms)
         indices = [int(i) for i in out_class_indices]
         if len(set(indices)) != len(indices) or any(not 0 <= i < num_classes for i in indices):
@@ -211,21 +221,32 @@ class DistillTask:
         self.kd_weights = {"loss_kd_cls": float(kd_class_weight), "loss_kd_mask": float(kd_mask_weight)}
 
     @torch.no_grad()
-    def teacher_outputs(self, images: Tensor, embeddings: Tensor) -> dict[str, Tensor]:
-        """Teacher's final-layer ``pred_logits`` [B, Q, K+1] and ``pred_masks`` [B, Q, h, w]."""
+    def backbone_features(self, images: Tensor) -> dict[str, Tensor]:
+        """The frozen CLIP's features of ``images``, computed once for teacher and student
+        (equal weights, checked at construction; always eval mode, no gradient)."""
         if _device_of(self.teacher) != images.device:
             self.teacher.to(images.device)
         self.teacher.eval()
-        out = self.teacher(images, embeddings, self.text.num_synonyms)
+        return self.teacher.backbone_features(images)[0]
+
+    @torch.no_grad()
+    def teacher_outputs(
+        self, images: Tensor, embeddings: Tensor, features: dict[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
+        """Teacher's final-layer ``pred_logits`` [B, Q, K+1] and ``pred_masks`` [B, Q, h, w]
+        (``features``: :meth:`backbone_features` of ``images``, computed here if None)."""
+        features = self.backbone_features(images) if features is None else features
+        out = self.teacher(images, embeddings, self.text.num_synonyms, features=features)
         return {"pred_logits": out["pred_logits"], "pred_masks": out["pred_masks"]}
 
     def losses(self, model: nn.Module, images: Tensor, targets: list[dict]) -> dict[str, Tensor]:
         """Weighted loss terms of one batch: the criterion's plus ``loss_kd_cls``, ``loss_kd_mask``."""
         self.criterion.to(images.device)
         embeddings = self.text.embeddings.to(images.device)
-        teacher = self.teacher_outputs(images, embeddings)
+        features = self.backbone_features(images)  # one backbone pass for both models
+        teacher = self.teacher_outputs(images, embeddings, features)
         selected = select_out_queries(teacher["pred_logits"], self.out_idx)  # [B, Q]
-        outputs = model(images, embeddings, self.text.num_synonyms)
+        outputs = model(images, embeddings, self.text.num_synonyms, features=features)
         targets = [{**t, "ignore_queries": selected[b]} for b, t in enumerate(targets)]
         raw = self.criterion(outputs, targets)
         weights = self.criterion.weight_dict

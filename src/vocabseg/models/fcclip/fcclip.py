@@ -169,6 +169,7 @@ class FCCLIP(nn.Module):
         text_classifier: Tensor,
         num_synonyms: Sequence[int],
         image_sizes: Sequence[tuple[int, int]] | None = None,
+        features: dict[str, Tensor] | None = None,
     ) -> dict:
         """Head outputs for images [B, 3, H, W] (RGB 0..255).
 
@@ -177,12 +178,17 @@ class FCCLIP(nn.Module):
             num_synonyms: K ints summing to S.
             image_sizes: optional per-image (h, w) of the content; pixels outside are
                 zeroed after normalisation (see :meth:`preprocess`).
+            features: :meth:`backbone_features` of ``images`` (and ``image_sizes``) if
+                already computed, by this model or one with the same frozen backbone
+                (the KD teacher: :class:`vocabseg.approaches.distill.DistillTask`); the
+                backbone is then not run again.
 
         Returns:
             ``pred_logits`` [B, Q, K + 1] (last = void), ``pred_masks`` [B, Q, Hp/4, Wp/4]
             mask logits at the padded size, ``aux_outputs``: ``dec_layers`` dicts.
         """
-        features, _ = self.backbone_features(images, image_sizes)
+        if features is None:
+            features, _ = self.backbone_features(images, image_sizes)
         return self.head_outputs(features, self.with_void(text_classifier, num_synonyms), num_synonyms)
 
     # ----------------------------------------------------------- inference
