@@ -73,7 +73,7 @@ from vocabseg.approaches.fusion import check_fusion, fuse, fuse_outputs
 from vocabseg.errors import InputError
 from vocabseg.fileio import torch_load_checked, torch_save_atomic
 from vocabseg.losses import build_criterion
-from vocabseg.models.fcclip import FCCLIP, TextClassifier
+from vocabseg.models.fcclip import FCCLIP, TextClassifier, backbone_differences
 
 __all__ = [
     "IN_ONLY_KEY",
@@ -116,7 +116,12 @@ class CombinedFCCLIP(nn.Module):
         if m1.config != m2.config:
             raise ValueError("the two FC-CLIP models of a combined model need the same config")
         if m2.backbone is not m1.backbone:
-            _check_same_backbone(m1, m2)
+            differ = backbone_differences(m1, m2)
+            if differ:
+                raise InputError(
+                    "the two FC-CLIP models of a combined model must have the same CLIP backbone weights; "
+                    f"{len(differ)} backbone tensors differ (e.g. {differ[:3]})"
+                )
             m2.backbone = m1.backbone
         self.m1 = m1
         self.m2 = m2
@@ -349,18 +354,6 @@ class CombinedTask:
 
 
 # ------------------------------------------------------------------ files
-def _check_same_backbone(m1: FCCLIP, m2: FCCLIP) -> None:
-    s1, s2 = m1.backbone.state_dict(), m2.backbone.state_dict()
-    differ = [
-        k for k in s1 if k not in s2 or s1[k].shape != s2[k].shape or not torch.equal(s1[k], s2[k].to(s1[k].device))
-    ]
-    if differ or set(s2) - set(s1):
-        raise InputError(
-            "the two FC-CLIP models of a combined model must have the same CLIP backbone weights; "
-            f"{len(differ)} backbone tensors differ (e.g. {differ[:3]})"
-        )
-
-
 def combined_state_dict(model: CombinedFCCLIP) -> dict[str, Tensor]:
     """``{"m1.<key>": ..., "m2.<key>": ...}``: both complete FC-CLIP state dicts on the
     CPU; the shared backbone tensors of M2 are the very tensors of M1 (stored once by

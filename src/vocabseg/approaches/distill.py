@@ -80,7 +80,7 @@ from torch import Tensor, nn
 from vocabseg.engine.distributed import global_normaliser
 from vocabseg.errors import InputError
 from vocabseg.losses import build_criterion
-from vocabseg.models.fcclip import FCCLIP, TextClassifier, save_fcclip_checkpoint
+from vocabseg.models.fcclip import FCCLIP, TextClassifier, backbone_differences, save_fcclip_checkpoint
 
 __all__ = ["DistillTask", "select_out_queries", "kd_class_loss", "kd_mask_loss", "out_class_indices"]
 
@@ -163,12 +163,6 @@ def _device_of(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-def _same_weights(a: nn.Module, b: nn.Module) -> bool:
-    """``a`` and ``b`` hold equal state dicts (same keys, bit-identical tensors)."""
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k].to(sa[k].device)) for k in sa)
-
-
 class DistillTask:
     """Trainer task (see :class:`vocabseg.engine.trainer.TrainTask`) of the KD approach.
 
@@ -207,7 +201,7 @@ class DistillTask:
         trainable = {p.data_ptr() for p in student.parameters() if p.requires_grad}
         if any(p.data_ptr() in trainable for p in teacher.parameters()):
             raise ValueError("the teacher shares trainable parameters with the student; pass a separate copy")
-        if not _same_weights(student.backbone, teacher.backbone):
+        if backbone_differences(student, teacher):
             raise ValueError("the teacher's frozen CLIP backbone differs from the student's; both start from the same weights")
         num_classes = len(text.num_synonyms)
         indices = [int(i) for i in out_class_indices]

@@ -15,6 +15,7 @@ Typical use::
 from .backbone import CLIPBackbone
 from .checkpoint import (
     LoadReport,
+    backbone_differences,
     check_checkpoint_fits,
     load_fcclip_checkpoint,
     model_fingerprint,
@@ -62,4 +63,5 @@ __all__ = [
     "preset_of",
     "save_fcclip_checkpoint",
     "model_fingerprint",
+    "backbone_differences",
 ]

@@ -31,6 +31,7 @@ __all__ = [
     "save_fcclip_checkpoint",
     "read_state_dict",
     "model_fingerprint",
+    "backbone_differences",
     "preset_of",
     "config_signature",
     "check_checkpoint_fits",
@@ -199,6 +200,14 @@ def save_fcclip_checkpoint(model: nn.Module, path: str | os.PathLike, *, include
         k: v.detach().to("cpu") for k, v in model.state_dict().items() if include_text_tower or not _kept_from_model(k)
     }
     torch_save_atomic({"model": state}, path)
+
+
+def backbone_differences(a: nn.Module, b: nn.Module) -> list[str]:
+    """Keys of the CLIP backbone state dicts of FC-CLIP models ``a`` and ``b`` that are
+    missing on one side or hold different tensors (empty: the same frozen backbone)."""
+    sa, sb = a.backbone.state_dict(), b.backbone.state_dict()
+    differ = [k for k in sa if k not in sb or sa[k].shape != sb[k].shape or not torch.equal(sa[k], sb[k].to(sa[k].device))]
+    return differ + [k for k in sb if k not in sa]
 
 
 def model_fingerprint(state_dict: Mapping[str, Tensor], length: int = 16) -> str:
